@@ -1,0 +1,776 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/subgate/subgate/northbound/iotda"
+	"github.com/subgate/subgate/southbound/frame"
+	"github.com/subgate/subgate/subdevice"
+)
+
+// statusReporter turns connection changes into sub_device_update_status
+// reports (iotda §3.3) without storms: changes are collected for
+// subdevice.status_debounce, only the last state per device counts, a device
+// whose state equals what the platform was last told is skipped, reports
+// carry ≤100 entries, and entries are paced below the platform's status TPS.
+type statusReporter struct {
+	g      *Gateway
+	kickCh chan struct{}
+
+	// mu guards the following fields.
+	mu       sync.Mutex
+	want     map[string]subdevice.Status // pending changes
+	reported map[string]subdevice.Status // what the platform was told on this connection
+	retries  map[string]int
+	byEvent  map[string][]iotda.DeviceStatus
+	tokens   float64
+	last     time.Time
+}
+
+// statusRate is the default status entries per second: the platform allows
+// 100 x units x 1.5 per second (iotda §3.3, §7); one unit gives 150.
+const statusRate = 150
+
+func newStatusReporter(g *Gateway) *statusReporter {
+	return &statusReporter{
+		g:        g,
+		kickCh:   make(chan struct{}, 1),
+		want:     make(map[string]subdevice.Status),
+		reported: make(map[string]subdevice.Status),
+		retries:  make(map[string]int),
+		byEvent:  make(map[string][]iotda.DeviceStatus),
+		tokens:   statusRate,
+	}
+}
+
+func (r *statusReporter) set(id string, st subdevice.Status) {
+	r.mu.Lock()
+	r.want[id] = st
+	r.mu.Unlock()
+}
+
+func (r *statusReporter) forget(id string) {
+	r.mu.Lock()
+	delete(r.want, id)
+	delete(r.reported, id)
+	delete(r.retries, id)
+	r.mu.Unlock()
+}
+
+func (r *statusReporter) kick() {
+	select {
+	case r.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// reReportAll forgets what the platform was told and queues the real state
+// of every known sub-device (iotda §3.12 step 3).
+func (r *statusReporter) reReportAll() {
+	g := r.g
+	all := g.devs.All()
+	states := make(map[string]subdevice.Status, len(all))
+	for _, d := range all {
+		if _, online := g.connByDevice(d.DeviceID); online {
+			states[d.DeviceID] = subdevice.Online
+		} else {
+			states[d.DeviceID] = subdevice.Offline
+		}
+	}
+	r.mu.Lock()
+	r.reported = make(map[string]subdevice.Status, len(all))
+	for id, st := range states {
+		if _, pending := r.want[id]; !pending {
+			r.want[id] = st
+		}
+	}
+	r.mu.Unlock()
+	r.kick()
+}
+
+func (r *statusReporter) pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.want)
+}
+
+func (r *statusReporter) run(ctx context.Context) error {
+	d := max(r.g.cfg.Subdevice.StatusDebounce, 50*time.Millisecond)
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-r.kickCh:
+		}
+		r.flush(false, nil)
+	}
+}
+
+// take removes up to n entries that differ from what was reported.
+func (r *statusReporter) take(limited bool) []iotda.DeviceStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.g.now()
+	if limited {
+		if !r.last.IsZero() {
+			r.tokens = min(statusRate, r.tokens+now.Sub(r.last).Seconds()*statusRate)
+		}
+		r.last = now
+	}
+	var out []iotda.DeviceStatus
+	for id, st := range r.want {
+		if limited && float64(len(out)) >= r.tokens {
+			break
+		}
+		delete(r.want, id)
+		if r.reported[id] == st {
+			continue
+		}
+		if _, known := r.g.devs.ByID(id); !known {
+			continue
+		}
+		r.reported[id] = st
+		out = append(out, iotda.DeviceStatus{DeviceID: id, Status: string(st)})
+	}
+	if limited {
+		r.tokens -= float64(len(out))
+	}
+	return out
+}
+
+// flush publishes pending changes in reports of ≤100 entries. With
+// unlimited set (shutdown) it ignores the entry pacing, and wg counts the
+// publishes until their PUBACK.
+func (r *statusReporter) flush(unlimited bool, wg *sync.WaitGroup) {
+	g := r.g
+	if !g.north.Connected() {
+		return
+	}
+	entries := r.take(!unlimited)
+	for len(entries) > 0 {
+		n := min(len(entries), iotda.MaxStatusesPerMessage)
+		batch := entries[:n:n]
+		entries = entries[n:]
+		if wg != nil {
+			wg.Add(1)
+		}
+		var id string
+		id = g.publishEventDone(ClassManagement, "status", "", iotda.ServiceSubDeviceManager, iotda.EventUpdateStatus,
+			iotda.UpdateStatusParas{DeviceStatuses: batch}, func(err error) {
+				if wg != nil {
+					defer wg.Done()
+				}
+				if err != nil {
+					r.requeue(batch)
+					return
+				}
+				g.m.statusReports.Inc()
+				g.m.statusEntries.Add(float64(len(batch)))
+			})
+		r.mu.Lock()
+		r.byEvent[id] = batch
+		if len(r.byEvent) > 10000 {
+			// Responses that never came: forget the oldest half.
+			i := 0
+			for k := range r.byEvent {
+				if i%2 == 0 {
+					delete(r.byEvent, k)
+				}
+				i++
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// requeue puts back entries whose report was not delivered, unless a newer
+// change is already pending.
+func (r *statusReporter) requeue(batch []iotda.DeviceStatus) {
+	r.mu.Lock()
+	for _, e := range batch {
+		if r.reported[e.DeviceID] == subdevice.Status(e.Status) {
+			delete(r.reported, e.DeviceID)
+		}
+		if _, newer := r.want[e.DeviceID]; !newer {
+			r.want[e.DeviceID] = subdevice.Status(e.Status)
+		}
+	}
+	r.mu.Unlock()
+}
+
+// response applies sub_device_update_status_response: confirmed states go
+// into the records, failed entries are logged and retried up to 3 times.
+func (r *statusReporter) response(eventID string, p iotda.UpdateStatusResponseParas) {
+	g := r.g
+	r.mu.Lock()
+	delete(r.byEvent, eventID)
+	var retry []iotda.DeviceStatus
+	for _, f := range p.FailedDevices {
+		st, ok := r.reported[f.DeviceID]
+		if !ok {
+			continue
+		}
+		delete(r.reported, f.DeviceID)
+		r.retries[f.DeviceID]++
+		if r.retries[f.DeviceID] <= 3 {
+			retry = append(retry, iotda.DeviceStatus{DeviceID: f.DeviceID, Status: string(st)})
+		} else {
+			delete(r.retries, f.DeviceID)
+		}
+	}
+	for _, s := range p.SuccessfulDevices {
+		delete(r.retries, s.DeviceID)
+	}
+	for _, e := range retry {
+		if _, newer := r.want[e.DeviceID]; !newer {
+			r.want[e.DeviceID] = subdevice.Status(e.Status)
+		}
+	}
+	r.mu.Unlock()
+	for _, f := range p.FailedDevices {
+		g.m.statusFailed.Inc()
+		g.log.Warn("platform refused a status update", "component", "gateway", "device_id", f.DeviceID,
+			"error_code", f.ErrorCode, "error_msg", f.ErrorMsg)
+	}
+	for _, s := range p.SuccessfulDevices {
+		st := subdevice.Status(s.Status)
+		if !st.Valid() {
+			continue
+		}
+		if d, ok := g.devs.Update(s.DeviceID, func(d *subdevice.Device) { d.Status = st }); ok {
+			g.persistAsync(d)
+		}
+	}
+}
+
+// flushNow reports pending changes at once and waits for their PUBACKs,
+// at most timeout (shutdown).
+func (r *statusReporter) flushNow(timeout time.Duration) {
+	var wg sync.WaitGroup
+	r.flush(true, &wg)
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		r.g.log.Warn("status reports not confirmed before the shutdown timeout", "component", "gateway")
+	}
+}
+
+// pendingReg is a registration the platform has not answered yet.
+type pendingReg struct {
+	node, deviceID, product string
+	eventID                 string
+	sent                    time.Time
+}
+
+type delReq struct {
+	deviceID string
+	done     chan error // may be nil
+}
+
+// registrar owns gateway-side add and delete requests (iotda §3.7, §3.8),
+// applies the platform's sub-device notifications (§3.4, §3.5) and writes
+// record changes to the store. All of this runs on its own goroutine; other
+// goroutines hand work over through bounded channels.
+type registrar struct {
+	g       *Gateway
+	addQ    chan string // node ids
+	delQ    chan delReq
+	events  chan iotda.Event
+	persist chan subdevice.Device
+
+	// mu guards the following fields.
+	mu      sync.Mutex
+	pending map[string]*pendingReg // node id ->
+	dels    map[string][]delReq    // event id ->
+}
+
+func newRegistrar(g *Gateway) *registrar {
+	return &registrar{
+		g:       g,
+		addQ:    make(chan string, 4096),
+		delQ:    make(chan delReq, 1024),
+		events:  make(chan iotda.Event, 1024),
+		persist: make(chan subdevice.Device, 16384),
+		pending: make(map[string]*pendingReg),
+		dels:    make(map[string][]delReq),
+	}
+}
+
+var errQueueFull = errors.New("gateway: queue full")
+
+func (r *registrar) request(node, deviceID, product string) error {
+	r.mu.Lock()
+	if _, ok := r.pending[node]; ok {
+		r.mu.Unlock()
+		return nil
+	}
+	r.pending[node] = &pendingReg{node: node, deviceID: deviceID, product: product}
+	r.mu.Unlock()
+	select {
+	case r.addQ <- node:
+		return nil
+	default:
+		r.mu.Lock()
+		delete(r.pending, node)
+		r.mu.Unlock()
+		r.g.m.limitHits.WithLabelValues("registration_queue").Inc()
+		return errQueueFull
+	}
+}
+
+func (r *registrar) pendingFor(node string) (pendingReg, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.pending[node]; ok {
+		return *p, true
+	}
+	return pendingReg{}, false
+}
+
+func (r *registrar) pendingCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
+}
+
+// requestDelete queues a delete request; done (optional) gets the result.
+func (r *registrar) requestDelete(deviceID string, done chan error) {
+	select {
+	case r.delQ <- delReq{deviceID: deviceID, done: done}:
+	default:
+		if done != nil {
+			done <- errQueueFull
+		}
+	}
+}
+
+// event hands a $sub_device_manager event to the registrar goroutine.
+func (r *registrar) event(ev iotda.Event) {
+	select {
+	case r.events <- ev:
+	default:
+		r.g.m.limitHits.WithLabelValues("event_queue").Inc()
+		r.g.log.Warn("sub-device event queue full, event dropped; the next sync repairs it", "component", "gateway",
+			"event", ev.EventType)
+	}
+}
+
+// addTimeout is how long an add request may wait for its answer; the
+// platform answers within 30 s (iotda §3.7).
+const addTimeout = 35 * time.Second
+
+func (r *registrar) run(ctx context.Context) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var adds []string
+	var dels []delReq
+	for {
+		select {
+		case <-ctx.Done():
+			r.drainPersist()
+			r.mu.Lock()
+			for _, ws := range r.dels {
+				for _, w := range ws {
+					if w.done != nil {
+						w.done <- errors.New("gateway shutting down")
+					}
+				}
+			}
+			r.mu.Unlock()
+			return nil
+		case n := <-r.addQ:
+			adds = append(adds, n)
+			if len(adds) >= iotda.MaxAddPerRequest {
+				adds = r.sendAdds(adds)
+			}
+		case d := <-r.delQ:
+			dels = append(dels, d)
+			if len(dels) >= iotda.MaxDeletePerRequest {
+				dels = r.sendDeletes(dels)
+			}
+		case ev := <-r.events:
+			r.apply(ctx, ev)
+		case d := <-r.persist:
+			r.persistBatch(ctx, d)
+		case <-tick.C:
+			adds = r.sendAdds(adds)
+			dels = r.sendDeletes(dels)
+			r.expire()
+		}
+	}
+}
+
+func (r *registrar) persistBatch(ctx context.Context, first subdevice.Device) {
+	batch := map[string]subdevice.Device{first.DeviceID: first}
+	for len(batch) < 1000 {
+		select {
+		case d := <-r.persist:
+			batch[d.DeviceID] = d
+			continue
+		default:
+		}
+		break
+	}
+	devs := make([]subdevice.Device, 0, len(batch))
+	for id := range batch {
+		// Write the registry's current copy, not a stale snapshot.
+		if d, ok := r.g.devs.ByID(id); ok {
+			devs = append(devs, d)
+		}
+	}
+	if len(devs) == 0 {
+		return
+	}
+	if err := r.g.st.PutDevices(ctx, devs); err != nil && !errors.Is(err, context.Canceled) {
+		r.g.log.Warn("saving sub-device records failed", "component", "gateway", "err", err, "n", len(devs))
+	}
+}
+
+func (r *registrar) drainPersist() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		select {
+		case d := <-r.persist:
+			r.persistBatch(ctx, d)
+		default:
+			return
+		}
+	}
+}
+
+func (r *registrar) sendAdds(nodes []string) []string {
+	g := r.g
+	if len(nodes) == 0 {
+		return nodes[:0]
+	}
+	if !g.north.Connected() {
+		return nodes // keep them until the platform is back
+	}
+	var devs []iotda.AddDevice
+	r.mu.Lock()
+	var regs []*pendingReg
+	for _, n := range nodes {
+		p, ok := r.pending[n]
+		if !ok || p.eventID != "" {
+			continue
+		}
+		regs = append(regs, p)
+		devs = append(devs, iotda.AddDevice{
+			NodeID: p.node, ProductID: p.product, DeviceID: p.deviceID, ParentDeviceID: g.gw,
+			Name: p.node, Description: "registered by subgate",
+		})
+	}
+	r.mu.Unlock()
+	if len(devs) == 0 {
+		return nodes[:0]
+	}
+	id := g.publishEventDone(ClassManagement, "add", "", iotda.ServiceSubDeviceManager, iotda.EventAddRequest,
+		iotda.AddRequestParas{Devices: devs}, func(err error) {
+			if err != nil {
+				g.log.Warn("add request not delivered; will retry", "component", "gateway", "err", err, "n", len(devs))
+				r.mu.Lock()
+				for _, p := range regs {
+					p.eventID = ""
+				}
+				r.mu.Unlock()
+				for _, p := range regs {
+					select {
+					case r.addQ <- p.node:
+					default:
+					}
+				}
+			}
+		})
+	now := g.now()
+	r.mu.Lock()
+	for _, p := range regs {
+		p.eventID, p.sent = id, now
+	}
+	r.mu.Unlock()
+	g.m.adds.WithLabelValues("requested").Add(float64(len(devs)))
+	return nodes[:0]
+}
+
+func (r *registrar) sendDeletes(reqs []delReq) []delReq {
+	g := r.g
+	if len(reqs) == 0 {
+		return reqs[:0]
+	}
+	if !g.north.Connected() {
+		for _, d := range reqs {
+			if d.done != nil {
+				d.done <- errors.New("the platform is not connected")
+			}
+		}
+		return reqs[:0]
+	}
+	ids := make([]string, 0, len(reqs))
+	seen := map[string]bool{}
+	for _, d := range reqs {
+		if !seen[d.deviceID] {
+			seen[d.deviceID] = true
+			ids = append(ids, d.deviceID)
+		}
+	}
+	id := g.publishEventDone(ClassManagement, "delete", "", iotda.ServiceSubDeviceManager, iotda.EventDeleteRequest,
+		iotda.DeleteRequestParas{Devices: ids}, func(err error) {
+			if err != nil {
+				r.finishDeletes(r.takeDels(""), nil, err)
+			}
+		})
+	r.mu.Lock()
+	r.dels[id] = append([]delReq(nil), reqs...)
+	r.mu.Unlock()
+	g.m.deletes.WithLabelValues("requested").Add(float64(len(ids)))
+	return reqs[:0]
+}
+
+func (r *registrar) takeDels(eventID string) []delReq {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ws := r.dels[eventID]
+	delete(r.dels, eventID)
+	return ws
+}
+
+func (r *registrar) finishDeletes(ws []delReq, failed map[string]string, err error) {
+	for _, w := range ws {
+		if w.done == nil {
+			continue
+		}
+		switch {
+		case err != nil:
+			w.done <- err
+		case failed[w.deviceID] != "":
+			w.done <- fmt.Errorf("%w: %s", errPlatformRefused, failed[w.deviceID])
+		default:
+			w.done <- nil
+		}
+	}
+}
+
+var errPlatformRefused = errors.New("the platform refused")
+
+// expire fails registrations the platform never answered.
+func (r *registrar) expire() {
+	g := r.g
+	now := g.now()
+	var expired []*pendingReg
+	r.mu.Lock()
+	for n, p := range r.pending {
+		if p.eventID != "" && now.Sub(p.sent) > addTimeout {
+			expired = append(expired, p)
+			delete(r.pending, n)
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range expired {
+		g.m.adds.WithLabelValues("timeout").Inc()
+		g.log.Warn("add request not answered in time", "component", "gateway", "node_id", p.node)
+		if c, ok := g.south.Lookup(p.node); ok {
+			c.Close(frame.CodeRefused, "the platform did not answer the registration in time; reconnect to retry")
+		}
+	}
+}
+
+// apply handles one $sub_device_manager event on the registrar goroutine.
+func (r *registrar) apply(ctx context.Context, ev iotda.Event) {
+	g := r.g
+	switch ev.EventType {
+	case iotda.EventAddNotify:
+		var p iotda.NotifyParas
+		if err := json.Unmarshal(ev.Paras, &p); err != nil {
+			g.log.Warn("bad add notification", "component", "gateway", "err", err)
+			return
+		}
+		devs := make([]subdevice.Device, 0, len(p.Devices))
+		for _, info := range p.Devices {
+			if d, ok := deviceFromInfo(info); ok && (info.ParentDeviceID == "" || info.ParentDeviceID == g.gw) {
+				devs = append(devs, d)
+			}
+		}
+		if !g.devs.ApplyAdd(p.Version, devs) {
+			g.m.notifications.WithLabelValues("add", "stale").Inc()
+			return
+		}
+		g.m.notifications.WithLabelValues("add", "applied").Inc()
+		if err := g.st.ApplyNotify(ctx, p.Version, r.current(devs), nil); err != nil {
+			g.log.Warn("saving an add notification failed", "component", "gateway", "err", err)
+		}
+		r.confirmed(devs)
+	case iotda.EventDeleteNotify:
+		var p iotda.NotifyParas
+		if err := json.Unmarshal(ev.Paras, &p); err != nil {
+			g.log.Warn("bad delete notification", "component", "gateway", "err", err)
+			return
+		}
+		ids := make([]string, 0, len(p.Devices))
+		for _, info := range p.Devices {
+			if info.DeviceID != "" {
+				ids = append(ids, info.DeviceID)
+			}
+		}
+		removed, ok := g.devs.ApplyDelete(p.Version, ids)
+		if !ok {
+			g.m.notifications.WithLabelValues("delete", "stale").Inc()
+			return
+		}
+		g.m.notifications.WithLabelValues("delete", "applied").Inc()
+		if err := g.st.ApplyNotify(ctx, p.Version, nil, ids); err != nil {
+			g.log.Warn("saving a delete notification failed", "component", "gateway", "err", err)
+		}
+		r.removed(removed)
+	case iotda.EventAddResponse:
+		var p iotda.AddResponseParas
+		if err := json.Unmarshal(ev.Paras, &p); err != nil {
+			g.log.Warn("bad add response", "component", "gateway", "err", err)
+			return
+		}
+		var devs []subdevice.Device
+		for _, info := range p.SuccessfulDevices {
+			if d, ok := deviceFromInfo(info); ok {
+				if old, had := g.devs.ByID(d.DeviceID); had {
+					d.Remote, d.ConnectedAt, d.LastSeen = old.Remote, old.ConnectedAt, old.LastSeen
+				}
+				g.devs.Put(d)
+				devs = append(devs, d)
+			}
+		}
+		if len(devs) > 0 {
+			if err := g.st.PutDevices(ctx, devs); err != nil {
+				g.log.Warn("saving added sub-devices failed", "component", "gateway", "err", err)
+			}
+			g.m.adds.WithLabelValues("ok").Add(float64(len(devs)))
+		}
+		r.confirmed(devs)
+		for _, f := range p.FailedDevices {
+			g.m.adds.WithLabelValues("refused").Inc()
+			g.log.Warn("platform refused to add a sub-device", "component", "gateway", "node_id", f.NodeID,
+				"error_code", f.ErrorCode, "error_msg", f.ErrorMsg)
+			r.mu.Lock()
+			delete(r.pending, f.NodeID)
+			r.mu.Unlock()
+			if c, ok := g.south.Lookup(f.NodeID); ok {
+				c.Close(frame.CodeRefused, fmt.Sprintf("the platform refused the registration: %s %s", f.ErrorCode, f.ErrorMsg))
+			}
+		}
+		// Ask for the notifications that carry the new list version
+		// (iotda §3.7: whether an add also notifies is unconfirmed).
+		g.sendSync()
+	case iotda.EventDeleteResponse:
+		var p iotda.DeleteResponseParas
+		if err := json.Unmarshal(ev.Paras, &p); err != nil {
+			g.log.Warn("bad delete response", "component", "gateway", "err", err)
+			return
+		}
+		var removed []subdevice.Device
+		for _, id := range p.SuccessfulDevices {
+			if d, ok := g.devs.Delete(id); ok {
+				removed = append(removed, d)
+			}
+		}
+		if len(p.SuccessfulDevices) > 0 {
+			if err := g.st.DeleteDevices(ctx, p.SuccessfulDevices); err != nil {
+				g.log.Warn("deleting sub-device records failed", "component", "gateway", "err", err)
+			}
+			g.m.deletes.WithLabelValues("ok").Add(float64(len(p.SuccessfulDevices)))
+		}
+		failed := map[string]string{}
+		for _, f := range p.FailedDevices {
+			failed[f.DeviceID] = f.ErrorCode + " " + f.ErrorMsg
+			g.m.deletes.WithLabelValues("refused").Inc()
+			g.log.Warn("platform refused to delete a sub-device", "component", "gateway", "device_id", f.DeviceID,
+				"error_code", f.ErrorCode, "error_msg", f.ErrorMsg)
+		}
+		r.removed(removed)
+		r.finishDeletes(r.takeDels(ev.EventID), failed, nil)
+		g.sendSync()
+	case iotda.EventUpdateStatusResponse:
+		var p iotda.UpdateStatusResponseParas
+		if err := json.Unmarshal(ev.Paras, &p); err != nil {
+			g.log.Warn("bad status response", "component", "gateway", "err", err)
+			return
+		}
+		g.status.response(ev.EventID, p)
+	default:
+		g.log.Info("sub-device event ignored", "component", "gateway", "event", ev.EventType)
+	}
+}
+
+// current returns the registry's copies of devs (with local fields).
+func (r *registrar) current(devs []subdevice.Device) []subdevice.Device {
+	out := make([]subdevice.Device, 0, len(devs))
+	for _, d := range devs {
+		if c, ok := r.g.devs.ByID(d.DeviceID); ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// confirmed finishes pending registrations of devs: a connected device is
+// rebound to the platform's device id and reported ONLINE.
+func (r *registrar) confirmed(devs []subdevice.Device) {
+	g := r.g
+	for _, d := range devs {
+		r.mu.Lock()
+		_, was := r.pending[d.NodeID]
+		delete(r.pending, d.NodeID)
+		r.mu.Unlock()
+		c, ok := g.south.Lookup(d.NodeID)
+		if !ok {
+			if !was {
+				// A device added on the platform side, not connected: the
+				// platform shows it INACTIVE until it comes online.
+				continue
+			}
+			continue
+		}
+		if c.DeviceID() != d.DeviceID {
+			c.SetDeviceID(d.DeviceID)
+		}
+		g.markOnline(c, d.DeviceID, frame.Frame{})
+	}
+}
+
+// removed tells connected devices that they were deleted and closes them.
+func (r *registrar) removed(devs []subdevice.Device) {
+	g := r.g
+	for _, d := range devs {
+		g.props.drop(d.DeviceID)
+		g.status.forget(d.DeviceID)
+		if c, ok := g.south.Lookup(d.NodeID); ok && c.DeviceID() == d.DeviceID {
+			c.Close(frame.CodeDeleted, "this sub-device was deleted on the platform")
+		}
+	}
+}
+
+func deviceFromInfo(info iotda.DeviceInfo) (subdevice.Device, bool) {
+	if info.DeviceID == "" || info.NodeID == "" {
+		return subdevice.Device{}, false
+	}
+	st := subdevice.Status(info.Status)
+	if !st.Valid() {
+		st = subdevice.Inactive
+	}
+	return subdevice.Device{
+		NodeID: info.NodeID, DeviceID: info.DeviceID, ProductID: info.ProductID, Name: info.Name,
+		Description: info.Description, Status: st, FwVersion: info.FwVersion, SwVersion: info.SwVersion,
+	}, true
+}

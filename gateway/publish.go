@@ -1,0 +1,326 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/subgate/subgate/northbound"
+	"github.com/subgate/subgate/northbound/iotda"
+	"github.com/subgate/subgate/store"
+)
+
+// ctrlMsg is a publish outside the outbox: a response to the platform or a
+// management event. These are not durable: responses are worthless after
+// the platform's timeout, and management state (statuses, sync) is
+// re-derived from the registry after every reconnect.
+type ctrlMsg struct {
+	kind    string
+	topic   string
+	payload []byte
+	done    func(error) // may be nil; called once, off the hot path
+}
+
+type awaitMsg struct {
+	p    *northbound.Pending
+	done func(error)
+}
+
+// enqueueControl queues a control publish without blocking. A full queue
+// fails the message at once (counted).
+func (g *Gateway) enqueueControl(class Class, kind, topic string, payload []byte, done func(error)) {
+	q := g.ctrl[0]
+	if class != ClassResponse {
+		q = g.ctrl[1]
+	}
+	select {
+	case q <- ctrlMsg{kind: kind, topic: topic, payload: payload, done: done}:
+	default:
+		g.m.controlDropped.WithLabelValues(class.String()).Inc()
+		g.log.Warn("control publish queue full, dropped", "component", "gateway", "kind", kind)
+		if done != nil {
+			done(errControlFull)
+		}
+	}
+}
+
+var errControlFull = errors.New("gateway: control publish queue full")
+
+// controlLoop publishes control messages of one class through the governor.
+func (g *Gateway) controlLoop(ctx context.Context, class Class) error {
+	q := g.ctrl[0]
+	if class != ClassResponse {
+		q = g.ctrl[1]
+	}
+	for {
+		var m ctrlMsg
+		select {
+		case <-ctx.Done():
+			return nil
+		case m = <-q:
+		}
+		if err := g.gov.acquire(ctx, class, len(m.payload)); err != nil {
+			if m.done != nil {
+				m.done(err)
+			}
+			return nil
+		}
+		p, err := g.north.PublishAsync(m.kind, m.topic, m.payload)
+		if err != nil {
+			g.log.Debug("control publish failed", "component", "gateway", "kind", m.kind, "err", err)
+			if m.done != nil {
+				m.done(err)
+			}
+			continue
+		}
+		select {
+		case g.awaits <- awaitMsg{p: p, done: m.done}:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// awaitLoop waits for PUBACKs of control publishes.
+func (g *Gateway) awaitLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case a := <-g.awaits:
+			err := a.p.Wait(ctx)
+			if a.done != nil {
+				a.done(err)
+			}
+		}
+	}
+}
+
+// inflight is an outbox publish awaiting its PUBACK.
+type inflight struct {
+	p     *northbound.Pending
+	seqs  []uint64
+	epoch uint64
+	items int
+}
+
+// publishLoop moves the outbox to the platform: it packs items into as few
+// publishes as the platform allows (iotda-protocol §2.3: ≤100 sub-devices
+// per batch report), spends quota through the governor, and acknowledges
+// items to the store only after their PUBACK on the same connection.
+// After every reconnect it replays everything not acknowledged.
+func (g *Gateway) publishLoop(ctx context.Context) error {
+	acks := make(chan inflight, g.cfg.Northbound.Inflight)
+	failed := make(chan uint64, 1)
+	done := make(chan struct{})
+	go func() {
+		// The acker: waits for PUBACKs in publish order. It exits when
+		// acks is closed below.
+		defer close(done)
+		for f := range acks {
+			err := f.p.Wait(ctx)
+			if err != nil {
+				select {
+				case failed <- f.epoch:
+				default:
+				}
+				continue
+			}
+			if aerr := g.st.Ack(f.seqs...); aerr != nil {
+				g.log.Warn("outbox ack failed; items will be sent again", "component", "gateway", "err", aerr, "n", len(f.seqs))
+			}
+			g.m.upPublished.Add(float64(f.items))
+		}
+	}()
+	defer func() {
+		close(acks)
+		<-done
+	}()
+
+	var cursor uint64
+	var epoch uint64
+	var replayMark uint64
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !g.north.Connected() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-g.st.Notify():
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if e := g.epoch.Load(); e != epoch {
+			// New connection: replay from the start of the outbox.
+			epoch, cursor = e, 0
+			replayMark = g.lastSeq.Load()
+		}
+		select {
+		case fe := <-failed:
+			if fe == epoch {
+				// A publish of this connection failed: the connection is
+				// going down; wait for the next one.
+				cursor = 0
+				continue
+			}
+		default:
+		}
+		items, err := g.st.Peek(cursor, 2000, 8<<20)
+		if err != nil {
+			g.log.Error("outbox read failed", "component", "gateway", "err", err)
+			if !sleepCtx(ctx, time.Second) {
+				return nil
+			}
+			continue
+		}
+		if len(items) == 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-g.st.Notify():
+			case <-time.After(250 * time.Millisecond):
+			}
+			continue
+		}
+		pubs := g.pack(items)
+		for _, p := range pubs {
+			class := ClassTelemetry
+			if p.maxSeq <= replayMark {
+				class = ClassBacklog
+			}
+			if err := g.gov.acquire(ctx, class, len(p.payload)); err != nil {
+				return nil
+			}
+			if g.epoch.Load() != epoch {
+				break
+			}
+			pend, err := g.north.PublishAsync(p.kind, p.topic, p.payload)
+			if err != nil {
+				if errors.Is(err, northbound.ErrTooLarge) {
+					// Cannot ever be sent: drop it loudly rather than block
+					// the outbox forever.
+					g.log.Error("outbox item above the publish limit, dropped", "component", "gateway", "n", len(p.seqs))
+					_ = g.st.Ack(p.seqs...)
+					continue
+				}
+				break
+			}
+			g.m.packing.Observe(float64(p.devices))
+			select {
+			case acks <- inflight{p: pend, seqs: p.seqs, epoch: epoch, items: len(p.seqs)}:
+			case <-ctx.Done():
+				return nil
+			}
+			cursor = max(cursor, p.maxSeq)
+		}
+	}
+}
+
+// packed is one publish built from outbox items.
+type packed struct {
+	kind    string
+	topic   string
+	payload []byte
+	seqs    []uint64
+	maxSeq  uint64
+	devices int
+}
+
+// pack turns a window of outbox items into publishes. Property reports of
+// many sub-devices share one batch report (≤100 devices, ≤ the publish
+// limit); a device's reports keep their order inside the batch. A message
+// or event of a device already in the open batch closes the batch first, so
+// per-device order holds across kinds.
+func (g *Gateway) pack(items []store.Item) []packed {
+	maxBytes := g.cfg.Northbound.MaxPublishBytes - 1024
+	var out []packed
+	type entry struct {
+		id       string
+		services []json.RawMessage
+	}
+	var batch []entry
+	index := map[string]int{}
+	var bseqs []uint64
+	var bmax uint64
+	bsize := 16
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		bp := iotda.BatchProperties{Devices: make([]iotda.DeviceServices, 0, len(batch))}
+		for _, e := range batch {
+			ds := iotda.DeviceServices{DeviceID: e.id}
+			for _, raw := range e.services {
+				var svcs []iotda.Service
+				if err := json.Unmarshal(raw, &svcs); err == nil {
+					ds.Services = append(ds.Services, svcs...)
+				}
+			}
+			bp.Devices = append(bp.Devices, ds)
+		}
+		payload, err := json.Marshal(bp)
+		if err == nil {
+			out = append(out, packed{kind: "batch_properties", topic: iotda.TopicBatchProperties(g.gw),
+				payload: payload, seqs: bseqs, maxSeq: bmax, devices: len(batch)})
+		}
+		batch, bseqs, bmax, bsize = nil, nil, 0, 16
+		index = map[string]int{}
+	}
+	for _, it := range items {
+		switch it.Kind {
+		case store.KindProperties:
+			add := len(it.Payload) + len(it.DeviceID) + 40
+			i, ok := index[it.DeviceID]
+			if !ok && (len(batch) >= iotda.MaxBatchDevices || bsize+add > maxBytes) {
+				flush()
+			} else if ok && bsize+add > maxBytes {
+				flush()
+				ok = false
+			}
+			if !ok {
+				index[it.DeviceID] = len(batch)
+				batch = append(batch, entry{id: it.DeviceID})
+				i = len(batch) - 1
+			}
+			batch[i].services = append(batch[i].services, it.Payload)
+			bseqs = append(bseqs, it.Seq)
+			bmax = max(bmax, it.Seq)
+			bsize += add
+		default:
+			if _, ok := index[it.DeviceID]; ok {
+				flush()
+			}
+			p := packed{seqs: []uint64{it.Seq}, maxSeq: it.Seq, devices: 1, payload: it.Payload}
+			switch it.Kind {
+			case store.KindMessage:
+				p.kind, p.topic = "message", iotda.TopicMessagesUp(g.gw)
+			case store.KindEvent:
+				p.kind, p.topic = "event", iotda.TopicEventsUp(g.gw)
+			case store.KindCustom:
+				p.kind, p.topic = "custom", it.Topic
+			default:
+				g.log.Error("unknown outbox item kind, dropped", "component", "gateway", "kind", it.Kind.String())
+				_ = g.st.Ack(it.Seq)
+				continue
+			}
+			out = append(out, p)
+		}
+	}
+	flush()
+	return out
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

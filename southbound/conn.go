@@ -1,0 +1,295 @@
+package southbound
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/subgate/subgate/southbound/frame"
+)
+
+// transport is what a Conn needs from its socket. gnet connections and
+// TLS connections implement it, so both feed the same worker and session
+// layer.
+type transport interface {
+	// write queues b to be written after everything queued before it and
+	// never blocks. It owns b from then on. cb, when not nil, runs once
+	// with the outcome, on the transport's own goroutine (a gnet loop or
+	// the TLS writer): it must not block.
+	write(b []byte, cb func(error)) error
+	// writeOwner writes b from the goroutine that reads the connection
+	// (the gnet loop inside OnTraffic, the TLS reader) so that a close
+	// right after it still flushes b.
+	writeOwner(b []byte)
+	// close closes the connection once what was queued before is written
+	// (best effort, bounded). Safe from any goroutine, idempotent.
+	close()
+	// peerName is the common name of the verified client certificate, or
+	// "" for a plain connection.
+	peerName() string
+}
+
+// Connection phases.
+const (
+	phaseNew   uint32 = iota // no hello yet (demo: not logged in)
+	phaseHello               // native: the hello is queued or being handled
+	phaseBound               // logged in
+)
+
+// identity is allocated at login: an idle connection that never logged in
+// carries none of it.
+type identity struct {
+	nodeID   string
+	deviceID string
+}
+
+// Conn is one device connection. Its methods are safe for use from any
+// goroutine. Handler methods for one Conn never run concurrently.
+type Conn struct {
+	s      *Server
+	tr     transport
+	w      *worker
+	id     uint64
+	remote string
+	opened int64 // unix nanoseconds
+
+	lastSeen atomic.Int64  // unix nanoseconds of the last bytes received
+	phase    atomic.Uint32 // phaseNew, phaseHello, phaseBound
+	reason   atomic.Uint32 // closeReason; non-zero once a close began
+	outq     atomic.Int64  // bytes handed to write and not yet completed
+
+	// Owned by the reading goroutine (gnet loop or TLS reader).
+	bad      uint16 // bad frames in a row
+	strikes  uint16 // rate-limited frames in a row
+	tokens   float64
+	tokensAt int64
+	nonce    *[16]byte // token challenge, set in open
+
+	// Owned by the sweeper.
+	pingedFor int64
+
+	// mu guards the following fields.
+	mu      sync.Mutex
+	ident   *identity
+	pending map[*sendDone]struct{} // SendThen callbacks not yet run
+
+	// hmu serialises Handler calls for this connection; it guards the
+	// following fields.
+	hmu       sync.Mutex
+	bound     bool   // Login returned nil
+	loggedOut bool   // Logout ran (or the conn will never be bound)
+	refusals  uint16 // demo: refused logins in a row
+}
+
+// ID returns a number unique to this connection within the process.
+func (c *Conn) ID() uint64 { return c.id }
+
+// Remote returns the device's address, "ip:port".
+func (c *Conn) Remote() string { return c.remote }
+
+// ConnectedAt returns when the connection was accepted.
+func (c *Conn) ConnectedAt() time.Time { return time.Unix(0, c.opened) }
+
+// Codec returns the connection's codec.
+func (c *Conn) Codec() frame.Codec { return c.s.codec }
+
+// Native reports whether the codec is a native one (it carries hellos,
+// acks and device answers); the demo codec is not.
+func (c *Conn) Native() bool { return c.s.codec.Native() }
+
+// NodeID returns the node id the device logged in with ("" before login).
+// For the demo codec it is the id the device sent.
+func (c *Conn) NodeID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ident == nil {
+		return ""
+	}
+	return c.ident.nodeID
+}
+
+// DeviceID returns the platform device id set by SetDeviceID ("" when
+// unset).
+func (c *Conn) DeviceID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ident == nil {
+		return ""
+	}
+	return c.ident.deviceID
+}
+
+// SetDeviceID records the platform device id of the connection. Call it
+// in Handler.Login: native codecs send it in the welcome frame.
+func (c *Conn) SetDeviceID(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ident == nil {
+		c.ident = &identity{}
+	}
+	c.ident.deviceID = id
+}
+
+func (c *Conn) setNodeID(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ident == nil {
+		c.ident = &identity{}
+	}
+	c.ident.nodeID = id
+}
+
+// closing reports whether a close began.
+func (c *Conn) closing() bool { return c.reason.Load() != uint32(rNone) }
+
+// Send encodes f and queues it for the device. It never blocks. It fails
+// with ErrClosed on a closed connection, with ErrSlowReader when the
+// device does not read fast enough (the connection is then closed) and
+// with frame.ErrCannotCarry for a frame the codec cannot express.
+func (c *Conn) Send(f frame.Frame) error {
+	return c.send(f, nil)
+}
+
+// SendThen is Send with a completion callback: done runs once, on the
+// connection's worker goroutine (in order with Handler calls for this
+// connection), with nil when the bytes were handed to the kernel, or the
+// error when they will never be. When SendThen returns an error, done is
+// not called.
+func (c *Conn) SendThen(f frame.Frame, done func(error)) error {
+	if done == nil {
+		return c.send(f, nil)
+	}
+	sd := &sendDone{c: c, fn: done}
+	c.mu.Lock()
+	if c.pending == nil {
+		c.pending = make(map[*sendDone]struct{})
+	}
+	c.pending[sd] = struct{}{}
+	c.mu.Unlock()
+	if err := c.send(f, sd); err != nil {
+		c.mu.Lock()
+		delete(c.pending, sd)
+		c.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// Close sends an error frame with code and reason (when code is not
+// CodeNone) and closes the connection. Logout follows with ErrKicked.
+func (c *Conn) Close(code frame.ErrorCode, reason string) {
+	c.s.closeConn(c, rKicked, code, reason)
+}
+
+// sendDone is a SendThen callback waiting for its write.
+type sendDone struct {
+	c  *Conn
+	fn func(error)
+}
+
+// complete hands the outcome of the write to the connection's worker,
+// unless the close already failed it.
+func (sd *sendDone) complete(err error) {
+	c := sd.c
+	c.mu.Lock()
+	_, ok := c.pending[sd]
+	delete(c.pending, sd)
+	c.mu.Unlock()
+	if ok && !c.w.push(item{c: c, kind: itemDone, done: sd.fn, err: err}) {
+		// The worker stopped: nobody else will run it.
+		sd.fn(err)
+	}
+}
+
+// takePending removes and returns the callbacks still waiting.
+func (c *Conn) takePending() []func(error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) == 0 {
+		return nil
+	}
+	out := make([]func(error), 0, len(c.pending))
+	for sd := range c.pending {
+		out = append(out, sd.fn)
+	}
+	c.pending = nil
+	return out
+}
+
+func (c *Conn) send(f frame.Frame, sd *sendDone) error {
+	if c.closing() {
+		return ErrClosed
+	}
+	s := c.s
+	bp := getBuf()
+	b, err := s.codec.AppendEncode((*bp)[:0], f)
+	if err != nil {
+		putBuf(bp)
+		return err
+	}
+	if len(b) == 0 {
+		// The codec has nothing to say for this frame (demo pings).
+		*bp = b
+		putBuf(bp)
+		if sd != nil {
+			sd.complete(nil)
+		}
+		return nil
+	}
+	n := int64(len(b))
+	if c.outq.Add(n) > int64(s.cfg.MaxOutbound) {
+		c.outq.Add(-n)
+		*bp = b
+		putBuf(bp)
+		s.m.limitHits[lOutbound].Inc()
+		s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
+		return ErrSlowReader
+	}
+	t := f.Type
+	err = c.tr.write(b, func(err error) {
+		c.outq.Add(-n)
+		*bp = b[:0]
+		putBuf(bp)
+		if err == nil {
+			s.m.bytesOut.Add(float64(n))
+			s.m.frameOut(t)
+		}
+		if sd != nil {
+			sd.complete(err)
+		}
+	})
+	if err != nil {
+		// The transport refused before owning b: the callback will not run.
+		c.outq.Add(-n)
+		*bp = b[:0]
+		putBuf(bp)
+		return ErrClosed
+	}
+	return nil
+}
+
+// sendOwner encodes and writes f from the reading goroutine; errors are
+// ignored (the connection is closing or the frame cannot be carried).
+func (c *Conn) sendOwner(f frame.Frame) {
+	b, err := c.s.codec.AppendEncode(nil, f)
+	if err != nil || len(b) == 0 {
+		return
+	}
+	c.s.m.frameOut(f.Type)
+	c.s.m.bytesOut.Add(float64(len(b)))
+	c.tr.writeOwner(b)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledBuf = 64 << 10
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(bp *[]byte) {
+	if cap(*bp) > maxPooledBuf {
+		return
+	}
+	*bp = (*bp)[:0]
+	bufPool.Put(bp)
+}
