@@ -61,7 +61,12 @@ func (b adminBackend) Kick(id string) bool {
 	if !ok {
 		return false
 	}
-	return b.g.south.Kick(d.NodeID, frame.CodeKicked, "disconnected by an operator")
+	c, ok := b.g.connByDevice(d.DeviceID)
+	if !ok {
+		return false
+	}
+	c.Close(frame.CodeKicked, "disconnected by an operator")
+	return true
 }
 
 func (b adminBackend) ProvisionToken(ctx context.Context, nodeID string, secret []byte) error {

@@ -408,10 +408,11 @@ func applyEnv(cfg *Config, env []string) error {
 	return nil
 }
 
-// isNonConfigEnv lists SUBGATE_ variables that are not config keys (used
-// by the CLI).
+// isNonConfigEnv lists SUBGATE_ variables that are not config keys: the
+// CLI's admin address. (SUBGATE_ADMIN_TOKEN_FILE is admin.token_file for
+// both the daemon and the CLI.)
 func isNonConfigEnv(name string) bool {
-	return name == "SUBGATE_ADMIN_ADDR" || name == "SUBGATE_ADMIN_TOKEN_FILE"
+	return name == "SUBGATE_ADMIN_ADDR"
 }
 
 // Validate checks every section; errors name the key.

@@ -39,8 +39,7 @@ func (g *Gateway) Login(c *southbound.Conn, hello frame.Frame) error {
 		}
 	}
 	if ok {
-		c.SetDeviceID(dev.DeviceID)
-		g.conns.Store(c, &connState{})
+		g.bind(c, dev.DeviceID)
 		g.markOnline(c, dev.DeviceID, hello)
 		return nil
 	}
@@ -50,18 +49,32 @@ func (g *Gateway) Login(c *southbound.Conn, hello frame.Frame) error {
 		return err
 	}
 	if pr, pending := g.regs.pendingFor(node); pending {
-		c.SetDeviceID(pr.deviceID)
-		g.conns.Store(c, &connState{})
+		g.bind(c, pr.deviceID)
 		return nil
 	}
 	if err := g.regs.request(node, deviceID, product); err != nil {
 		g.m.logins.WithLabelValues("refused").Inc()
 		return frame.Errorf(frame.CodeBusy, true, "registration queue full, retry later")
 	}
-	c.SetDeviceID(deviceID)
-	g.conns.Store(c, &connState{})
+	g.bind(c, deviceID)
 	g.m.logins.WithLabelValues("pending").Inc()
 	return nil
+}
+
+// bind records c as the live connection of deviceID.
+func (g *Gateway) bind(c *southbound.Conn, deviceID string) {
+	c.SetDeviceID(deviceID)
+	g.conns.Store(c, &connState{})
+	g.live.Store(deviceID, c)
+}
+
+// rebind moves c to the device id the platform assigned.
+func (g *Gateway) rebind(c *southbound.Conn, deviceID string) {
+	if old := c.DeviceID(); old != deviceID {
+		g.live.CompareAndDelete(old, c)
+	}
+	c.SetDeviceID(deviceID)
+	g.live.Store(deviceID, c)
 }
 
 // registrationIDs picks the ids of the add request for an unknown device.
@@ -152,7 +165,7 @@ func (g *Gateway) Logout(c *southbound.Conn, reason error) {
 		return
 	}
 	// Another connection may already have taken over (kick-old).
-	if cur, ok := g.south.Lookup(c.NodeID()); ok && cur != c {
+	if !g.live.CompareAndDelete(id, c) {
 		return
 	}
 	now := g.now()

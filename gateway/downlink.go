@@ -104,12 +104,12 @@ func (g *Gateway) messageDown(payload []byte) {
 
 // connByDevice returns the live connection of a sub-device.
 func (g *Gateway) connByDevice(deviceID string) (*southbound.Conn, bool) {
-	d, ok := g.devs.ByID(deviceID)
+	v, ok := g.live.Load(deviceID)
 	if !ok {
 		return nil, false
 	}
-	c, ok := g.south.Lookup(d.NodeID)
-	if !ok || c.DeviceID() != deviceID {
+	c := v.(*southbound.Conn)
+	if c.DeviceID() != deviceID {
 		return nil, false
 	}
 	return c, true
@@ -206,7 +206,7 @@ func (c *correlator) request(k reqKind, rid, deviceID string, f frame.Frame) {
 	conn, online := g.connByDevice(deviceID)
 	if k == kindPropGet && g.cfg.Subdevice.PropertyGetFromCache && (!online || !conn.Native()) {
 		if b, ok := g.props.answer(deviceID, f.ServiceID); ok {
-			g.m.downlink.WithLabelValues(k.String(), "cache").Inc()
+			g.m.downlink.WithLabelValues(k.String(), "ok_cache").Inc()
 			g.respond(k, rid, b)
 			return
 		}
@@ -236,7 +236,7 @@ func (c *correlator) request(k reqKind, rid, deviceID string, f frame.Frame) {
 				g.respond(k, rid, failure(k, "writing to the device failed: "+err.Error()))
 				return
 			}
-			g.m.downlink.WithLabelValues(k.String(), "written").Inc()
+			g.m.downlink.WithLabelValues(k.String(), "ok_written").Inc()
 			g.m.roundtrip.WithLabelValues(k.String()).Observe(g.now().Sub(now).Seconds())
 			g.respond(k, rid, demoAnswer(k))
 		})
@@ -327,7 +327,7 @@ func (c *correlator) answer(conn *southbound.Conn, f frame.Frame) {
 			payload, _ = json.Marshal(iotda.PropertyGetResponse{Services: svcs})
 		}
 	}
-	g.m.downlink.WithLabelValues(p.kind.String(), "answered").Inc()
+	g.m.downlink.WithLabelValues(p.kind.String(), "ok").Inc()
 	g.m.roundtrip.WithLabelValues(p.kind.String()).Observe(g.now().Sub(p.start).Seconds())
 	g.respond(p.kind, p.rid, payload)
 }
@@ -385,7 +385,7 @@ func (c *correlator) run(ctx context.Context) error {
 			g := c.g
 			if p.kind == kindPropGet && g.cfg.Subdevice.PropertyGetFromCache {
 				if b, ok := g.props.answer(p.deviceID, ""); ok {
-					g.m.downlink.WithLabelValues(p.kind.String(), "cache").Inc()
+					g.m.downlink.WithLabelValues(p.kind.String(), "ok_cache").Inc()
 					g.respond(p.kind, p.rid, b)
 					continue
 				}

@@ -79,6 +79,7 @@ type Gateway struct {
 	regs   *registrar
 	props  *propCache
 	conns  sync.Map // *southbound.Conn -> *connState
+	live   sync.Map // device id -> *southbound.Conn (logged-in, registered or pending)
 
 	// control publishes (responses, management) wait for their PUBACK here.
 	ctrl      [2]chan ctrlMsg

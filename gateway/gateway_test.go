@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/subgate/subgate/northbound"
 	"github.com/subgate/subgate/northbound/iotda"
 	"github.com/subgate/subgate/northbound/iotdasim"
 	"github.com/subgate/subgate/southbound/frame"
@@ -170,7 +171,7 @@ func TestJSONLFlow(t *testing.T) {
 	}
 
 	// A platform message reaches the device.
-	if err := sim.SendMessage(testGW, devID, "hi device"); err != nil {
+	if err := sim.SendMessage(testGW, devID, json.RawMessage(`"hi device"`)); err != nil {
 		t.Fatal(err)
 	}
 	m := recvType(t, c, frame.TypeMessage)
@@ -196,10 +197,21 @@ func TestDownlinkFailures(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	r, err := sim.Command(ctx, testGW, "nobody_here", "s", "c", json.RawMessage(`{}`))
-	if err != nil || r.ResultCode == 0 || !strings.Contains(string(r.Paras), "unknown") {
-		t.Fatalf("unknown device: %+v, %v", r, err)
-	}
+	// A command for a sub-device the gateway does not know: the platform
+	// would not send one, so inject it at the dispatcher and watch the
+	// answer arrive at the platform.
+	h.gw.dispatch(northbound.Message{Topic: iotda.TopicCommand(testGW, "rid-unknown"),
+		Payload: []byte(`{"object_device_id":"nobody_here","service_id":"s","command_name":"c","paras":{}}`)})
+	h.waitSim("failure response for the unknown device", func(v *iotdasim.View) bool {
+		for _, p := range v.Publishes(testGW) {
+			if p.Topic == iotda.TopicCommandResponse(testGW, "rid-unknown") {
+				return true
+			}
+		}
+		return false
+	})
+	var r iotda.CommandResponse
+	var err error
 
 	c, devID := h.login("jsonl", "valve7")
 	// Two commands in flight, answered in reverse order.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/subgate/subgate/northbound/iotda"
 	"github.com/subgate/subgate/northbound/iotdasim"
 	"github.com/subgate/subgate/southbound/frame"
 	"github.com/subgate/subgate/southbound/southboundtest"
@@ -109,7 +110,10 @@ func startGateway(t testing.TB, sim *iotdasim.Sim, cfg Config) *harness {
 	}
 	t.Cleanup(func() { h.stop() })
 	if sim != nil {
-		h.waitSim("gateway connected", func(v *iotdasim.View) bool { return v.Connected(testGW) })
+		// The sync request is sent after the session is fully up.
+		h.waitSim("gateway connected and synced", func(v *iotdasim.View) bool {
+			return v.Connected(testGW) && len(v.EventsOf(iotda.EventSyncRequest)) > 0
+		})
 	}
 	return h
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/subgate/subgate/northbound/iotda"
+	"github.com/subgate/subgate/southbound"
 	"github.com/subgate/subgate/southbound/frame"
 	"github.com/subgate/subgate/subdevice"
 )
@@ -275,6 +276,11 @@ type pendingReg struct {
 	node, deviceID, product string
 	eventID                 string
 	sent                    time.Time
+}
+
+// connOfPending returns the live connection waiting on a registration.
+func (g *Gateway) connOfPending(p *pendingReg) (*southbound.Conn, bool) {
+	return g.connByDevice(p.deviceID)
 }
 
 type delReq struct {
@@ -583,7 +589,7 @@ func (r *registrar) expire() {
 	for _, p := range expired {
 		g.m.adds.WithLabelValues("timeout").Inc()
 		g.log.Warn("add request not answered in time", "component", "gateway", "node_id", p.node)
-		if c, ok := g.south.Lookup(p.node); ok {
+		if c, ok := g.connOfPending(p); ok {
 			c.Close(frame.CodeRefused, "the platform did not answer the registration in time; reconnect to retry")
 		}
 	}
@@ -664,9 +670,13 @@ func (r *registrar) apply(ctx context.Context, ev iotda.Event) {
 			g.log.Warn("platform refused to add a sub-device", "component", "gateway", "node_id", f.NodeID,
 				"error_code", f.ErrorCode, "error_msg", f.ErrorMsg)
 			r.mu.Lock()
+			p, was := r.pending[f.NodeID]
 			delete(r.pending, f.NodeID)
 			r.mu.Unlock()
-			if c, ok := g.south.Lookup(f.NodeID); ok {
+			if !was {
+				continue
+			}
+			if c, ok := g.connOfPending(p); ok {
 				c.Close(frame.CodeRefused, fmt.Sprintf("the platform refused the registration: %s %s", f.ErrorCode, f.ErrorMsg))
 			}
 		}
@@ -730,21 +740,19 @@ func (r *registrar) confirmed(devs []subdevice.Device) {
 	g := r.g
 	for _, d := range devs {
 		r.mu.Lock()
-		_, was := r.pending[d.NodeID]
+		p, was := r.pending[d.NodeID]
 		delete(r.pending, d.NodeID)
 		r.mu.Unlock()
-		c, ok := g.south.Lookup(d.NodeID)
+		c, ok := g.connByDevice(d.DeviceID)
+		if !ok && was {
+			c, ok = g.connOfPending(p)
+		}
 		if !ok {
-			if !was {
-				// A device added on the platform side, not connected: the
-				// platform shows it INACTIVE until it comes online.
-				continue
-			}
+			// Added on the platform side and not connected: the platform
+			// shows it INACTIVE until it comes online.
 			continue
 		}
-		if c.DeviceID() != d.DeviceID {
-			c.SetDeviceID(d.DeviceID)
-		}
+		g.rebind(c, d.DeviceID)
 		g.markOnline(c, d.DeviceID, frame.Frame{})
 	}
 }
@@ -755,7 +763,7 @@ func (r *registrar) removed(devs []subdevice.Device) {
 	for _, d := range devs {
 		g.props.drop(d.DeviceID)
 		g.status.forget(d.DeviceID)
-		if c, ok := g.south.Lookup(d.NodeID); ok && c.DeviceID() == d.DeviceID {
+		if c, ok := g.connByDevice(d.DeviceID); ok {
 			c.Close(frame.CodeDeleted, "this sub-device was deleted on the platform")
 		}
 	}

@@ -169,6 +169,17 @@ func (t *gnetTransport) writeOwner(b []byte) {
 	}
 }
 
-func (t *gnetTransport) close() { _ = t.gc.Close() }
+// close closes the connection after every write queued before it. gnet
+// runs AsyncWrite tasks from its high-priority queue and Close from the
+// low-priority one, so a plain Close may overtake queued writes: an empty
+// write goes through the same queue and closes in its callback.
+func (t *gnetTransport) close() {
+	err := t.gc.AsyncWrite(nil, func(gc gnet.Conn, _ error) error {
+		return gc.Close()
+	})
+	if err != nil {
+		_ = t.gc.Close()
+	}
+}
 
 func (t *gnetTransport) peerName() string { return "" }

@@ -46,7 +46,8 @@ type Handler interface {
 	Frame(c *Conn, f frame.Frame)
 	// Logout is called once per bound connection after it closed (reason
 	// says why: ErrPeerClosed, ErrKicked, ErrIdle, ...). With kick-old,
-	// the old connection's Logout runs before the new one's Login.
+	// the old connection is closed and its Logout runs before Login runs
+	// for the new one (even if that Login then refuses).
 	Logout(c *Conn, reason error)
 }
 
@@ -77,6 +78,7 @@ type Server struct {
 	nbound  atomic.Int64
 	conns   connTable
 
+	sweepMu  sync.Mutex // serialises sweep (it owns Conn.pingedFor)
 	running  atomic.Bool
 	stopping atomic.Bool
 	ready    chan struct{}
@@ -654,6 +656,8 @@ func (s *Server) sweepLoop(stop <-chan struct{}) {
 // native connections idle for half the idle timeout (go-style §8: gnet has
 // no deadlines).
 func (s *Server) sweep(now int64) {
+	s.sweepMu.Lock()
+	defer s.sweepMu.Unlock()
 	hello := int64(s.cfg.HelloTimeout)
 	idle := int64(s.cfg.IdleTimeout)
 	type act struct {

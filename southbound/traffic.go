@@ -71,7 +71,9 @@ func (s *Server) consume(c *Conn, buf []byte) (used int, closeNow bool) {
 			return used, true
 		}
 	}
-	return used, c.closing()
+	// A close begun elsewhere (a worker refusing the login, a kick) is
+	// not ours to hurry: its error frame is still queued behind us.
+	return used, false
 }
 
 // upTypes are the frame types a device may send.

@@ -77,18 +77,24 @@ common flags:
   -timeout D        request timeout (default ` + "40s" + `)
 `
 
-// cliUsageError is a command-line mistake: exit code 2.
-type cliUsageError struct{ msg string }
+// cliUsageError is a command-line mistake, or a command this build lacks:
+// exit code 2. hint adds a pointer to the usage text; quiet means the flag
+// package already printed the error and the usage.
+type cliUsageError struct {
+	msg   string
+	hint  bool
+	quiet bool
+}
 
 func (e *cliUsageError) Error() string { return e.msg }
 
 func cliUsagef(format string, a ...any) error {
-	return &cliUsageError{msg: fmt.Sprintf(format, a...)}
+	return &cliUsageError{msg: fmt.Sprintf(format, a...), hint: true}
 }
 
 // cliAPIError is an error answer of the admin API.
 type cliAPIError struct {
-	Status  int
+	Status  int    `json:"-"`
 	Message string `json:"error"`
 	Code    string `json:"code"`
 }
@@ -125,9 +131,13 @@ func (c *cliRunner) run(args []string) int {
 		return cliExitOK
 	case errors.Is(err, flag.ErrHelp):
 		return cliExitOK
+	case errors.As(err, &uerr) && uerr.quiet:
+		return cliExitUsage
 	case errors.As(err, &uerr):
 		fmt.Fprintf(c.stderr, "subgate: %v\n", err)
-		fmt.Fprintf(c.stderr, "run 'subgate %s -h' for usage\n", strings.Join(args[:min(len(args), 1)], " "))
+		if uerr.hint {
+			fmt.Fprintf(c.stderr, "run 'subgate %s -h' for usage\n", strings.Join(args[:min(len(args), 1)], " "))
+		}
 		return cliExitUsage
 	default:
 		fmt.Fprintf(c.stderr, "subgate: %v\n", err)
@@ -168,7 +178,7 @@ func (c *cliRunner) dispatch(args []string) error {
 	case "status ":
 		return c.status(rest)
 	case "ota list", "ota cancel":
-		return cliUsagef("OTA jobs are not available in this build")
+		return &cliUsageError{msg: "OTA jobs are not available in this build"}
 	}
 	return cliUsagef("unknown command %q", strings.TrimSpace(cmd+" "+sub))
 }
@@ -199,7 +209,7 @@ func (c *cliRunner) parse(fs *flag.FlagSet, args []string, npos int, posName str
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, &cliUsageError{msg: err.Error()}
+			return nil, &cliUsageError{msg: err.Error(), quiet: true}
 		}
 		args = fs.Args()
 		if len(args) == 0 {

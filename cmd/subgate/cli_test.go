@@ -346,7 +346,7 @@ func TestStatus(t *testing.T) {
 func TestOTANotAvailable(t *testing.T) {
 	for _, sub := range []string{"list", "cancel"} {
 		code, out, errOut := runWith(nil, "", "ota", sub)
-		if code != 2 || out != "" || !strings.Contains(errOut, "OTA jobs are not available in this build") {
+		if code != 2 || out != "" || errOut != "subgate: OTA jobs are not available in this build\n" {
 			t.Errorf("ota %s: exit %d %q %q", sub, code, out, errOut)
 		}
 	}

@@ -352,6 +352,25 @@ func (s *Server) Addr() net.Addr {
 	return s.ln.Addr()
 }
 
+// Close releases the listener of a server that Listen bound but Serve never
+// ran, and makes a later Serve fail. While Serve runs it closes every
+// connection at once; use Serve's context for a graceful stop.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	ln, serving := s.ln, s.serving
+	s.mu.Unlock()
+	err := s.srv.Close()
+	if ln != nil && !serving {
+		if cerr := ln.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("admin: close: %w", err)
+	}
+	return nil
+}
+
 // Serve serves until ctx ends or the server fails, binding first if Listen
 // was not called. When ctx ends it sets draining and shuts down gracefully
 // within ShutdownTimeout, then closes what remains. It returns only after

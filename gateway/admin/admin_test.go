@@ -856,3 +856,26 @@ func TestShutdownTimeoutCutsHangingRequests(t *testing.T) {
 	close(e.be.deleteBlock)
 	<-reqDone
 }
+
+func TestCloseBeforeServe(t *testing.T) {
+	e := newEnv(t, admin.Options{})
+	if err := e.srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	addr := e.srv.Addr().String()
+	if err := e.srv.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// The port is free again and Serve refuses to run.
+	srv2, err := admin.New(admin.Options{Listen: addr}, e.be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv2.Listen(); err != nil {
+		t.Fatalf("port still bound after Close: %v", err)
+	}
+	srv2.Close()
+	if err := e.srv.Serve(context.Background()); !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("Serve after Close: %v", err)
+	}
+}

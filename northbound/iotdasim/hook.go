@@ -257,35 +257,40 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return false
 }
 
-// OnPacketRead refuses what IoTDA does not support, before mochi acts on
-// it: QoS 2 and retained publishes, and payloads over 1 MB
-// (iotda-protocol §1.4, §7). The connection is dropped, which is what a
-// v3.1.1 broker can do about a publish it will not take.
+// OnPacketRead refuses what IoTDA does not support before mochi acts on
+// it: QoS 2 and retained publishes, payloads over 1 MB (iotda-protocol
+// §1.4, §7), and publishes on topics the device may not use (§1.6),
+// whatever their QoS (mochi would drop a QoS 0 one silently and ignore
+// reserved $ topics). The simulator records the error and drops the
+// connection, the one answer an MQTT 3.1.1 broker has for a publish it
+// will not take; the platform's own reaction is undocumented.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
-	var err error
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.byClient[cl]
+	if c == nil {
+		return pk, nil
+	}
+	var reason string
 	switch {
 	case pk.FixedHeader.Qos > 1:
-		err = packets.ErrQosNotSupported
+		reason = "qos 2 is not supported"
 	case pk.FixedHeader.Retain:
-		err = packets.ErrRetainNotSupported
+		reason = "retain true is not supported"
 	case len(pk.Payload) > iotda.MaxPublishSize:
-		err = packets.ErrPacketTooLarge
+		reason = fmt.Sprintf("payload of %d bytes is over %d", len(pk.Payload), iotda.MaxPublishSize)
+	case !allowed(c.gw, pk.TopicName):
+		reason = "foreign topic"
 	default:
 		return pk, nil
 	}
-	s := h.s
-	s.mu.Lock()
-	gw := cl.ID
-	if c := s.byClient[cl]; c != nil {
-		gw = c.gw
-	}
-	s.errorfLocked(gw, "publish on %q refused: %s (qos %d, retain %v, %d bytes)",
-		pk.TopicName, err, pk.FixedHeader.Qos, pk.FixedHeader.Retain, len(pk.Payload))
-	s.mu.Unlock()
-	return pk, err
+	s.errorfLocked(c.gw, "publish on %q refused: %s", pk.TopicName, reason)
+	// Only ErrRejectPacket makes mochi stop reading this client.
+	return pk, fmt.Errorf("%w: %s", packets.ErrRejectPacket, reason)
 }
 
 // OnSubscribe refuses QoS 2 filters and filters over the subscription
@@ -359,7 +364,8 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnPublish records an upstream PUBLISH, applies the rate check and hands
-// it to the platform goroutine. When the inbox is full it waits, which
+// it to the platform goroutine. Policy topics are also routed by the
+// broker as usual. When the inbox is full it waits, which
 // holds back this client's reads (and its PUBACK) like TCP backpressure.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
@@ -393,6 +399,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	select {
 	case s.inbox <- u:
 	case <-s.done:
+	}
+	if strings.HasPrefix(pk.TopicName, iotda.TopicPrefix) {
+		// Upstream $oc topics go to the platform, never back to devices:
+		// without this a device subscribed to sys/commands/# would get its
+		// own command responses. mochi still sends the PUBACK.
+		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, nil
 }

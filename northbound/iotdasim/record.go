@@ -12,47 +12,48 @@ import (
 
 // Message is a recorded upstream message (iotda-protocol §2.1).
 type Message struct {
-	Gateway string
+	Gateway string `json:"gateway"`
 	// DeviceID is object_device_id of a system-format message, else the
 	// gateway id.
-	DeviceID string
-	Name, ID string
+	DeviceID string `json:"device_id"`
+	Name     string `json:"name,omitempty"`
+	ID       string `json:"id,omitempty"`
 	// System reports whether the payload was the system format.
-	System bool
+	System bool `json:"system"`
 	// Content is the content as bytes (unquoted if it was a JSON string),
 	// or the whole payload when System is false.
-	Content []byte
+	Content []byte `json:"content"`
 	// Topic is the topic; custom and policy topics are recorded here too.
-	Topic string
+	Topic string `json:"topic"`
 	// RequestID is the ?request_id= of the topic, if any.
-	RequestID string
-	At        time.Time
+	RequestID string    `json:"request_id,omitempty"`
+	At        time.Time `json:"at"`
 }
 
 // PropertyReport is a recorded property report for one device, from a
 // batch report (iotda-protocol §2.3) or the gateway's own (§2.2).
 type PropertyReport struct {
-	Gateway  string
-	DeviceID string
-	Services []iotda.Service
-	Batch    bool
-	At       time.Time
+	Gateway  string          `json:"gateway"`
+	DeviceID string          `json:"device_id"`
+	Services []iotda.Service `json:"services"`
+	Batch    bool            `json:"batch"`
+	At       time.Time       `json:"at"`
 }
 
 // UpEvent is one recorded upstream system event (iotda-protocol §2.8).
 type UpEvent struct {
-	Gateway        string
-	ObjectDeviceID string
-	Event          iotda.Event
-	At             time.Time
+	Gateway        string      `json:"gateway"`
+	ObjectDeviceID string      `json:"object_device_id,omitempty"`
+	Event          iotda.Event `json:"event"`
+	At             time.Time   `json:"at"`
 }
 
 // StatusUpdate is one recorded sub_device_update_status message.
 type StatusUpdate struct {
-	Gateway  string
-	EventID  string
-	Statuses []iotda.DeviceStatus
-	At       time.Time
+	Gateway  string               `json:"gateway"`
+	EventID  string               `json:"event_id,omitempty"`
+	Statuses []iotda.DeviceStatus `json:"device_statuses"`
+	At       time.Time            `json:"at"`
 }
 
 // Entries is the number of statuses in the message; each counts one

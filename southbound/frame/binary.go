@@ -7,7 +7,7 @@ import (
 	"unicode/utf8"
 )
 
-// Binary layout (docs/device-protocol.md, "binary codec"): a fixed header
+// Binary layout (docs/device-protocol.md §9): a fixed header
 //
 //	offset 0  magic 0xB5
 //	offset 1  version (1)

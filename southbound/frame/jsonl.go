@@ -11,7 +11,7 @@ import (
 )
 
 // jsonlCodec is the native text format: one JSON object per '\n'-terminated
-// line, keys as in the table of docs/device-protocol.md.
+// line, keys as in the table of docs/device-protocol.md §8.
 type jsonlCodec struct{ max int }
 
 // JSONL returns the jsonl codec with the default frame size limit.

@@ -8,7 +8,7 @@ import (
 
 // Proof returns the token proof a device sends in its hello after a
 // challenge: the lowercase hex of HMAC-SHA256 with key secret over nonce
-// followed by the bytes of nodeID (docs/device-protocol.md, "Token proof").
+// followed by the bytes of nodeID (docs/device-protocol.md §2).
 func Proof(secret, nonce []byte, nodeID string) string {
 	var sum [sha256.Size]byte
 	return hex.EncodeToString(proofMAC(sum[:0], secret, nonce, nodeID))

@@ -7,8 +7,8 @@ import (
 )
 
 // validate checks the rules shared by every codec: the shapes of the JSON
-// fields and the fields each type requires (docs/device-protocol.md,
-// "Required fields"). Decoders call it on what they decoded and encoders on
+// fields and the fields each type requires (docs/device-protocol.md §3,
+// the bold fields). Decoders call it on what they decoded and encoders on
 // what they are asked to write, so a frame that encodes always decodes.
 func validate(f *Frame) *Error {
 	if len(f.Services) > 0 && !isJSON(f.Services, '[') {
