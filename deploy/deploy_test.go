@@ -20,42 +20,24 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/subgate/subgate/gateway"
 )
 
 // gatewayShutdownTimeout is the default gateway.shutdown_timeout; every stop
 // grace period in the kit must exceed it.
 const gatewayShutdownTimeout = 30 * time.Second
 
-// knownMetrics are the metric families subgate exports.
-//
-// The lead will replace this hand-kept set with the live registry
-// (gateway.MetricNames()), so that a renamed metric fails this test; until
-// then it is the agreed list of names the components define.
-var knownMetrics = setOf(
-	"subgate_build_info",
-	"subgate_southbound_connections", "subgate_southbound_sessions",
-	"subgate_southbound_rejects_total", "subgate_southbound_disconnects_total",
-	"subgate_southbound_frames_in_total", "subgate_southbound_limit_hits_total",
-	"subgate_northbound_connected", "subgate_northbound_connects_total",
-	"subgate_northbound_publishes_total", "subgate_northbound_puback_seconds",
-	"subgate_outbox_messages", "subgate_outbox_bytes", "subgate_outbox_oldest_age_seconds",
-	"subgate_outbox_dropped_total", "subgate_subdevices",
-	"subgate_downlink_requests_total", "subgate_downlink_roundtrip_seconds",
-	"subgate_store_commit_seconds",
-	// The Go runtime and process collectors of metrics.NewRegistry.
-	"go_goroutines", "go_threads", "go_info", "go_gc_duration_seconds",
-	"go_memstats_alloc_bytes", "go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes",
-	"go_memstats_sys_bytes", "go_gc_gomemlimit_bytes", "go_sched_gomaxprocs_threads",
-	"process_cpu_seconds_total", "process_open_fds", "process_max_fds",
-	"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_start_time_seconds",
-)
-
-// knownHistograms have _bucket, _sum and _count series (summaries: _sum and
-// _count).
-var knownHistograms = setOf(
-	"subgate_northbound_puback_seconds", "subgate_downlink_roundtrip_seconds",
-	"subgate_store_commit_seconds", "go_gc_duration_seconds",
-)
+// knownMetrics are the metric families subgate exports, taken from the
+// live registry of real components (gateway.MetricNames), so that a renamed
+// or removed metric fails this test.
+var knownMetrics = func() map[string]bool {
+	names, err := gateway.MetricNames()
+	if err != nil {
+		panic("gateway.MetricNames: " + err.Error())
+	}
+	return setOf(names...)
+}()
 
 func setOf(names ...string) map[string]bool {
 	m := make(map[string]bool, len(names))
@@ -70,8 +52,9 @@ func metricKnown(name string) bool {
 	if knownMetrics[name] {
 		return true
 	}
+	// Histogram and summary series.
 	for _, suf := range []string{"_bucket", "_sum", "_count"} {
-		if base, ok := strings.CutSuffix(name, suf); ok && knownHistograms[base] {
+		if base, ok := strings.CutSuffix(name, suf); ok && knownMetrics[base] {
 			return true
 		}
 	}

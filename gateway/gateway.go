@@ -260,8 +260,13 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.north = north
 
 	sbc := g.cfg.Southbound
+	listen := sbc.Listen
+	if sbc.Auth == "mtls" {
+		// Every device proves itself with a certificate: no plain port.
+		listen = ""
+	}
 	south, err := southbound.New(southbound.Config{
-		Listen:        sbc.Listen,
+		Listen:        listen,
 		TLSListen:     sbc.TLSListen,
 		TLSCertFile:   sbc.TLSCertFile,
 		TLSKeyFile:    sbc.TLSKeyFile,
@@ -352,7 +357,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return nil
 	}
 	close(g.ready)
-	g.log.Info("gateway ready", "component", "gateway", "southbound", g.south.Addr().String(),
+	g.log.Info("gateway ready", "component", "gateway", "southbound", addrString(g.south.Addr()),
+		"southbound_tls", addrString(g.south.TLSAddr()),
 		"admin", addrString(g.AdminAddr()), "northbound", g.cfg.Northbound.Server, "device_id", g.gw)
 
 	var runErr error

@@ -232,9 +232,9 @@ type packed struct {
 
 // pack turns a window of outbox items into publishes. Property reports of
 // many sub-devices share one batch report (≤100 devices, ≤ the publish
-// limit); a device's reports keep their order inside the batch. A message
-// or event of a device already in the open batch closes the batch first, so
-// per-device order holds across kinds.
+// limit), each device at most once per batch. A message or event of a device
+// already in the open batch closes the batch first, so per-device order
+// holds across kinds.
 func (g *Gateway) pack(items []store.Item) []packed {
 	maxBytes := g.cfg.Northbound.MaxPublishBytes - 1024
 	var out []packed
@@ -274,19 +274,15 @@ func (g *Gateway) pack(items []store.Item) []packed {
 		switch it.Kind {
 		case store.KindProperties:
 			add := len(it.Payload) + len(it.DeviceID) + 40
-			i, ok := index[it.DeviceID]
-			if !ok && (len(batch) >= iotda.MaxBatchDevices || bsize+add > maxBytes) {
+			_, again := index[it.DeviceID]
+			// A device appears once per batch: a second report of the
+			// same device starts a new batch, so that each report keeps
+			// its own entry and the reports stay in order (decisions D13).
+			if again || len(batch) >= iotda.MaxBatchDevices || bsize+add > maxBytes {
 				flush()
-			} else if ok && bsize+add > maxBytes {
-				flush()
-				ok = false
 			}
-			if !ok {
-				index[it.DeviceID] = len(batch)
-				batch = append(batch, entry{id: it.DeviceID})
-				i = len(batch) - 1
-			}
-			batch[i].services = append(batch[i].services, it.Payload)
+			index[it.DeviceID] = len(batch)
+			batch = append(batch, entry{id: it.DeviceID, services: []json.RawMessage{it.Payload}})
 			bseqs = append(bseqs, it.Seq)
 			bmax = max(bmax, it.Seq)
 			bsize += add

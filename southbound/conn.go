@@ -27,6 +27,8 @@ type transport interface {
 	// peerName is the common name of the verified client certificate, or
 	// "" for a plain connection.
 	peerName() string
+	// setConn tells the transport its Conn, before any other use.
+	setConn(c *Conn)
 }
 
 // Connection phases.

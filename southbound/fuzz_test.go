@@ -37,6 +37,8 @@ func (t *recordTransport) close() {
 
 func (t *recordTransport) peerName() string { return "" }
 
+func (t *recordTransport) setConn(*Conn) {}
+
 var fuzzCodecs = []string{"jsonl", "binary", "demo"}
 
 // FuzzConsume feeds arbitrary bytes, split at a fuzzer-chosen point, to the
@@ -103,4 +105,38 @@ func FuzzConsume(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkConsume measures the event-loop side of one uplink frame:
+// decode, checks, clone, and the hand-off to the worker queue.
+func BenchmarkConsume(b *testing.B) {
+	for _, name := range []string{"jsonl", "binary"} {
+		b.Run(name, func(b *testing.B) {
+			s, err := New(Config{Listen: "127.0.0.1:0", Codec: name}, nopHandler{}, nil, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := newWorker(s)
+			c := &Conn{s: s, tr: &recordTransport{}, w: w, id: 1, remote: "127.0.0.1:1"}
+			c.phase.Store(phaseBound)
+			buf, err := s.codec.AppendEncode(nil, report)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if used, closeNow := s.consume(c, buf); used != len(buf) || closeNow {
+					b.Fatalf("consume used %d of %d, close %v", used, len(buf), closeNow)
+				}
+				w.mu.Lock()
+				_, ok := w.q.pop()
+				w.frames--
+				w.mu.Unlock()
+				if !ok {
+					b.Fatal("no frame queued")
+				}
+			}
+		})
+	}
 }

@@ -35,7 +35,7 @@ func (g *gnetServer) start() (net.Addr, error) {
 		gnet.WithMulticore(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithReusePort(false),
-		gnet.WithLogger(gnetLogger{g.s.log.With("component", "gnet")}),
+		gnet.WithLogger(gnetLogger{g.s.logBase.With("component", "gnet")}),
 	}
 	if cfg.Loops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(cfg.Loops))
@@ -100,7 +100,6 @@ func (g *gnetServer) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if c == nil {
 		return s.refusal(code, reason), gnet.Close
 	}
-	tr.c = c
 	gc.SetContext(c)
 	return s.greeting(c), gnet.None
 }
@@ -158,7 +157,7 @@ func (t *gnetTransport) checkOutbound(gc gnet.Conn) {
 	}
 	if t.c.reason.CompareAndSwap(uint32(rNone), uint32(rSlowReader)) {
 		s.m.limitHits[lOutbound].Inc()
-		s.warn.warn("slow reader", "remote", t.c.remote, "device_id", t.c.NodeID(), "n", gc.OutboundBuffered())
+		s.warn.emit("slow reader", "remote", t.c.remote, "device_id", t.c.NodeID(), "n", gc.OutboundBuffered())
 		_ = gc.Close()
 	}
 }
@@ -183,3 +182,5 @@ func (t *gnetTransport) close() {
 }
 
 func (t *gnetTransport) peerName() string { return "" }
+
+func (t *gnetTransport) setConn(c *Conn) { t.c = c }

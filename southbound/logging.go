@@ -26,12 +26,13 @@ func (g gnetLogger) Errorf(format string, args ...any) { g.log(slog.LevelError, 
 // Fatalf logs at error level: a library must not end the process.
 func (g gnetLogger) Fatalf(format string, args ...any) { g.log(slog.LevelError, format, args) }
 
-// rateLog writes warnings about misbehaving devices at most burst per
+// rateLog writes lines about misbehaving devices at most burst per
 // interval; the next line written after a quiet spell says how many were
 // suppressed (n). With 100k devices one flapping fleet must not flood the
 // log.
 type rateLog struct {
 	l        *slog.Logger
+	level    slog.Level
 	interval time.Duration
 	burst    int
 
@@ -42,13 +43,13 @@ type rateLog struct {
 	suppressed int
 }
 
-func newRateLog(l *slog.Logger, burst int, interval time.Duration) *rateLog {
-	return &rateLog{l: l, burst: burst, interval: interval}
+func newRateLog(l *slog.Logger, level slog.Level, burst int, interval time.Duration) *rateLog {
+	return &rateLog{l: l, level: level, burst: burst, interval: interval}
 }
 
-// warn logs msg with args unless the budget of the current window is spent.
-func (r *rateLog) warn(msg string, args ...any) {
-	if !r.l.Enabled(context.Background(), slog.LevelWarn) {
+// emit logs msg with args unless the budget of the current window is spent.
+func (r *rateLog) emit(msg string, args ...any) {
+	if !r.l.Enabled(context.Background(), r.level) {
 		return
 	}
 	now := time.Now()
@@ -68,5 +69,5 @@ func (r *rateLog) warn(msg string, args ...any) {
 	if dropped > 0 {
 		args = append(args, "n", dropped)
 	}
-	r.l.Warn(msg, args...)
+	r.l.Log(context.Background(), r.level, msg, args...)
 }

@@ -63,8 +63,10 @@ type Server struct {
 	cfg     Config
 	h       Handler
 	secrets Secrets
-	log     *slog.Logger
-	warn    *rateLog
+	log     *slog.Logger // component=southbound
+	logBase *slog.Logger // as given to New, for gnet's own component
+	warn    *rateLog     // misbehaving devices, refusals
+	errs    *rateLog     // failures of Secrets or the Handler, per device
 	m       *metrics
 	codec   frame.Codec
 	native  bool
@@ -112,6 +114,7 @@ func New(cfg Config, h Handler, secrets Secrets, log *slog.Logger, reg prometheu
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	base := log
 	log = log.With("component", "southbound")
 	codec := cfg.CodecImpl
 	if codec == nil {
@@ -129,7 +132,9 @@ func New(cfg Config, h Handler, secrets Secrets, log *slog.Logger, reg prometheu
 		h:        h,
 		secrets:  secrets,
 		log:      log,
-		warn:     newRateLog(log, 20, 10*time.Second),
+		logBase:  base,
+		warn:     newRateLog(log, slog.LevelWarn, 20, 10*time.Second),
+		errs:     newRateLog(log, slog.LevelError, 10, 10*time.Second),
 		m:        m,
 		codec:    codec,
 		native:   codec.Native(),
@@ -285,7 +290,7 @@ func (s *Server) Run(ctx context.Context) error {
 	sweeper.Go(func() { s.sweepLoop(sweepStop) })
 
 	close(s.ready)
-	s.log.Info("listening", "remote", addrString(s.addr), "n", s.cfg.MaxConns)
+	s.log.Info("listening", "n", s.cfg.MaxConns)
 
 	var runErr error
 	var gnetDone <-chan error
@@ -327,7 +332,7 @@ func (s *Server) admit(remote string, tr transport) (*Conn, frame.ErrorCode, str
 		s.open.Add(-1)
 		s.m.rejects[rjMaxConns].Inc()
 		s.m.limitHits[lMaxConns].Inc()
-		s.warn.warn("connection refused", "remote", remote, "err", "max_conns")
+		s.warn.emit("connection refused", "remote", remote, "err", "max_conns")
 		return nil, frame.CodeTooManyConns, "too many connections"
 	}
 	if s.cfg.MaxConnsPerIP > 0 {
@@ -339,7 +344,7 @@ func (s *Server) admit(remote string, tr transport) (*Conn, frame.ErrorCode, str
 			s.open.Add(-1)
 			s.m.rejects[rjMaxConnsPerIP].Inc()
 			s.m.limitHits[lMaxConnsPerIP].Inc()
-			s.warn.warn("connection refused", "remote", remote, "err", "max_conns_per_ip")
+			s.warn.emit("connection refused", "remote", remote, "err", "max_conns_per_ip")
 			return nil, frame.CodeTooManyConns, "too many connections from this address"
 		}
 		s.perIP[ip] = n + 1
@@ -356,9 +361,15 @@ func (s *Server) admit(remote string, tr transport) (*Conn, frame.ErrorCode, str
 		opened: now,
 	}
 	c.lastSeen.Store(now)
+	tr.setConn(c)
 	s.conns.add(c)
 	s.m.accepts.Inc()
 	s.m.connections.Inc()
+	if s.stopping.Load() {
+		// Run took its snapshot of the connections to close before c was
+		// in the table: close c here, through the normal path.
+		s.closeConn(c, rShutdown, frame.CodeShuttingDown, "gateway stopping")
+	}
 	return c, frame.CodeNone, ""
 }
 
@@ -424,7 +435,7 @@ func (s *Server) closed(c *Conn, err error) {
 	s.m.connections.Dec()
 	s.m.disconnects[r].Inc()
 	if r == rError {
-		s.warn.warn("connection error", "remote", c.remote, "err", err)
+		s.warn.emit("connection error", "remote", c.remote, "err", err)
 	}
 	if !c.w.push(item{c: c, kind: itemClose}) {
 		// Only after Run stopped the workers, which it does once every
@@ -506,6 +517,7 @@ func (s *Server) logoutLocked(c *Conn, reason error) {
 	if c.bound {
 		s.nbound.Add(-1)
 		s.m.sessions.Dec()
+		s.log.Debug("logout", "device_id", c.NodeID(), "remote", c.remote, "err", reason)
 		s.h.Logout(c, reason)
 	}
 }
@@ -544,7 +556,7 @@ func (s *Server) login(c *Conn, hello frame.Frame) bool {
 		secret, ok, err := s.secrets.DeviceSecret(node)
 		switch {
 		case err != nil:
-			s.log.Error("device secret lookup failed", "device_id", node, "err", err)
+			s.errs.emit("device secret lookup failed", "device_id", node, "err", err)
 			return s.refuse(c, "", rjAuthFailed, frame.CodeInternal, "authentication unavailable", node)
 		case !ok || c.nonce == nil || hello.Proof == "" || !frame.CheckProof(secret, c.nonce[:], node, hello.Proof):
 			return s.refuse(c, "", rjAuthFailed, frame.CodeAuthFailed, "authentication failed", node)
@@ -578,7 +590,7 @@ func (s *Server) login(c *Conn, hello frame.Frame) bool {
 	if err := s.h.Login(c, hello); err != nil {
 		var fe *frame.Error
 		if !errors.As(err, &fe) {
-			s.log.Error("login handler failed", "device_id", node, "err", err)
+			s.errs.emit("login handler failed", "device_id", node, "err", err)
 			return s.refuse(c, node, rjRefused, frame.CodeInternal, "login failed", node)
 		}
 		rj := rjRefused
@@ -604,7 +616,7 @@ func (s *Server) login(c *Conn, hello frame.Frame) bool {
 			id = node
 		}
 		if err := c.Send(frame.Frame{Type: frame.TypeWelcome, Seq: hello.Seq, NodeID: node, DeviceID: id}); err != nil && !errors.Is(err, ErrClosed) {
-			s.log.Error("welcome not sent", "device_id", node, "err", err)
+			s.errs.emit("welcome not sent", "device_id", node, "err", err)
 		}
 	}
 	return true
@@ -614,7 +626,7 @@ func (s *Server) login(c *Conn, hello frame.Frame) bool {
 // session table ("" when none). node is only logged. c.hmu is held.
 func (s *Server) refuse(c *Conn, reserved string, rj rejectReason, code frame.ErrorCode, reason, node string) bool {
 	s.m.rejects[rj].Inc()
-	s.warn.warn("login refused", "remote", c.remote, "device_id", node, "err", rejectLabels[rj])
+	s.warn.emit("login refused", "remote", c.remote, "device_id", node, "err", rejectLabels[rj])
 	if reserved != "" {
 		s.unreserve(reserved, c)
 		c.setNodeID("")
@@ -690,7 +702,7 @@ func (s *Server) sweep(now int64) {
 		case actHello:
 			s.m.rejects[rjHelloTimeout].Inc()
 			s.m.limitHits[lHelloTimeout].Inc()
-			s.warn.warn("login refused", "remote", a.c.remote, "err", "hello_timeout")
+			s.warn.emit("login refused", "remote", a.c.remote, "err", "hello_timeout")
 			s.closeConn(a.c, rRejected, frame.CodeTimeout, "no hello in time")
 		case actIdle:
 			s.m.limitHits[lIdleTimeout].Inc()

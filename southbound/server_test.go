@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -878,4 +879,51 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 		n = runtime.NumGoroutine()
 		return n <= before
 	})
+}
+
+// countHandler counts frames.
+type countHandler struct {
+	nopHandler
+	n atomic.Int64
+}
+
+func (h *countHandler) Frame(*Conn, frame.Frame) { h.n.Add(1) }
+
+// BenchmarkUplinkLoopback sends property reports from one device over
+// loopback to the handler (binary codec); it reports, never asserts, speed.
+func BenchmarkUplinkLoopback(b *testing.B) {
+	const perOp = 100
+	h := &countHandler{}
+	s, err := New(Config{Listen: "127.0.0.1:0", Codec: "binary", Loops: 1, Workers: 1, WorkerQueue: 1 << 16},
+		h, nil, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := runServer(b, s, nil, nil, &syncBuffer{})
+	c := hs.dial(b, southboundtest.Options{NodeID: "bench"})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := c.Hello(ctx); err != nil {
+		b.Fatal(err)
+	}
+	codec := frame.Binary()
+	var batch []byte
+	for range perOp {
+		batch, _ = codec.AppendEncode(batch, report)
+	}
+	b.SetBytes(int64(len(batch)))
+	b.ReportAllocs()
+	ops := int64(0)
+	for b.Loop() {
+		if err := c.SendRaw(batch); err != nil {
+			b.Fatal(err)
+		}
+		ops++
+	}
+	// Let the handler see the tail (after the timed loop).
+	deadline := time.Now().Add(wait)
+	for h.n.Load() < ops*perOp && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportMetric(float64(h.n.Load())/float64(ops), "frames/op")
 }

@@ -32,7 +32,7 @@ func (s *Server) acceptTLS(ln net.Listener, wg *sync.WaitGroup) {
 			}
 			// Out of descriptors and the like: back off, as net/http does.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.warn.warn("accept failed", "err", err, "dur", backoff)
+			s.warn.emit("accept failed", "err", err, "dur", backoff)
 			t := time.NewTimer(backoff)
 			<-t.C
 			continue
@@ -51,7 +51,6 @@ func (s *Server) serveTLS(nc net.Conn, wg *sync.WaitGroup) {
 		_ = nc.Close()
 		return
 	}
-	tr.c = c
 	wg.Go(tr.writeLoop)
 	err := s.readTLS(c, tr)
 	tr.close()
@@ -69,7 +68,7 @@ func (s *Server) readTLS(c *Conn, tr *tlsTransport) error {
 	if err != nil {
 		if !c.closing() {
 			s.m.rejects[rjAuthFailed].Inc()
-			s.warn.warn("login refused", "remote", c.remote, "err", err)
+			s.warn.emit("login refused", "remote", c.remote, "err", err)
 			c.reason.CompareAndSwap(uint32(rNone), uint32(rRejected))
 		}
 		return nil
@@ -77,7 +76,7 @@ func (s *Server) readTLS(c *Conn, tr *tlsTransport) error {
 	certs := tc.ConnectionState().PeerCertificates
 	if len(certs) == 0 || certs[0].Subject.CommonName == "" {
 		s.m.rejects[rjAuthFailed].Inc()
-		s.warn.warn("login refused", "remote", c.remote, "err", "client certificate without common name")
+		s.warn.emit("login refused", "remote", c.remote, "err", "client certificate without common name")
 		s.closeOwner(c, rRejected, frame.CodeAuthFailed, "certificate has no common name", 0)
 		return nil
 	}
@@ -171,6 +170,8 @@ func (t *tlsTransport) close() {
 }
 
 func (t *tlsTransport) peerName() string { return t.cn }
+
+func (t *tlsTransport) setConn(c *Conn) { t.c = c }
 
 // writeLoop writes queued bytes in order; once close was asked and the
 // queue is empty, or a write failed, it closes the connection (which ends

@@ -20,7 +20,11 @@ const frameSlack = 64
 func (s *Server) consume(c *Conn, buf []byte) (used int, closeNow bool) {
 	c.lastSeen.Store(s.now().UnixNano())
 	defer func() { s.m.bytesIn.Add(float64(used)) }()
-	for used < len(buf) && !c.closing() {
+	for used < len(buf) {
+		if c.closing() {
+			// Nothing more is read from a closing connection.
+			return len(buf), false
+		}
 		f, n, err := s.codec.Decode(buf[used:], false)
 		if errors.Is(err, frame.ErrIncomplete) {
 			if s.native {
@@ -51,7 +55,7 @@ func (s *Server) consume(c *Conn, buf []byte) (used int, closeNow bool) {
 					r = rTooLarge
 					s.m.limitHits[lMaxFrame].Inc()
 				}
-				s.warn.warn("bad frame", "remote", c.remote, "err", err)
+				s.warn.emit("bad frame", "remote", c.remote, "err", err)
 				s.closeOwner(c, r, fe.Code, fe.Reason, 0)
 				return len(buf), true
 			}
@@ -125,7 +129,7 @@ func (s *Server) dispatch(c *Conn, f frame.Frame) bool {
 		s.m.limitHits[lRate].Inc()
 		c.strikes++
 		if int(c.strikes) >= s.cfg.RateStrikes {
-			s.warn.warn("rate limit", "remote", c.remote, "device_id", c.NodeID(), "n", c.strikes)
+			s.warn.emit("rate limit", "remote", c.remote, "device_id", c.NodeID(), "n", c.strikes)
 			s.closeOwner(c, rRateLimited, frame.CodeRateLimited, "persistently over the rate limit", f.Seq)
 			return false
 		}
@@ -155,7 +159,7 @@ func (s *Server) badFrame(c *Conn, code frame.ErrorCode, reason string, seq uint
 	s.m.decodeError(code)
 	c.bad++
 	if int(c.bad) >= s.cfg.MaxBadFrames {
-		s.warn.warn("bad frame", "remote", c.remote, "err", "too many bad frames", "n", c.bad)
+		s.warn.emit("bad frame", "remote", c.remote, "err", "too many bad frames", "n", c.bad)
 		s.closeOwner(c, rBadFrames, code, "too many bad frames: "+reason, seq)
 		return false
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -247,9 +248,8 @@ func (s *sim) connect(ctx context.Context, i int, node string) (*southboundtest.
 	}
 	if s.native {
 		_, err = c.Hello(hctx)
-	} else if err = c.Send(s.report); err == nil {
-		// Demo: the first message logs in (iotda-protocol §6.1).
-		s.st.framesOut.Add(1)
+	} else {
+		err = s.demoLogin(hctx, c)
 	}
 	if err != nil {
 		c.Close()
@@ -258,16 +258,48 @@ func (s *sim) connect(ctx context.Context, i int, node string) (*southboundtest.
 		case ctx.Err() != nil:
 		case errors.As(err, &fe) && !fe.Fatal:
 			s.st.refuse(fe.Code)
+		case errors.Is(err, errDemoRefused):
+			s.st.fail(kindDemoRefused)
+		case errors.Is(err, errSend):
+			s.st.fail(kindSend)
 		case hctx.Err() != nil:
 			s.st.fail(kindHelloTimeout)
-		case !s.native:
-			s.st.fail(kindSend)
 		default:
 			s.st.fail(kindHello)
 		}
 		return nil, err
 	}
 	return c, nil
+}
+
+// Handshake failures of the demo protocol.
+var (
+	errSend        = errors.New("devicesim: send failed")
+	errDemoRefused = errors.New("devicesim: the gateway refused the demo device")
+)
+
+// demoPrefixError starts the gateway's demo reply that reports a problem
+// (docs/device-protocol.md §10).
+const demoPrefixError = "error:"
+
+// demoLogin logs a demo device in: its first message does (iotda-protocol
+// §6.1), and the gateway answers each message with one line, "error: ..."
+// for a refusal and otherwise "sub device: <id> go online" (or "... add"
+// while the device is being registered).
+func (s *sim) demoLogin(ctx context.Context, c *southboundtest.Client) error {
+	if err := c.Send(s.report); err != nil {
+		return fmt.Errorf("%w: %w", errSend, err)
+	}
+	s.st.framesOut.Add(1)
+	f, err := c.Recv(ctx)
+	if err != nil {
+		return err
+	}
+	s.st.framesIn.Add(1)
+	if bytes.HasPrefix(f.Content, []byte(demoPrefixError)) {
+		return fmt.Errorf("%w: %.200s", errDemoRefused, f.Content)
+	}
+	return nil
 }
 
 // device is one logged-in connection.
@@ -386,6 +418,13 @@ func (d *device) receive(ctx context.Context) {
 // when an answer could not be written.
 func (d *device) handle(f frame.Frame) error {
 	st := &d.s.st
+	if !d.s.native {
+		// Demo: every line is text; a problem is reported as "error: ...".
+		if bytes.HasPrefix(f.Content, []byte(demoPrefixError)) {
+			st.kinds[kindDemoError].Add(1)
+		}
+		return nil
+	}
 	switch f.Type {
 	case frame.TypeAck:
 		if d.win == nil {

@@ -47,7 +47,8 @@ type fakeGateway struct {
 	closeOnce sync.Once
 	mu        sync.Mutex
 	conns     []net.Conn
-	bad       []string // protocol violations seen from devices
+	bad       []string       // protocol violations seen from devices
+	perNode   map[string]int // reports by node id
 }
 
 func newFakeGateway(t *testing.T, codec string) *fakeGateway {
@@ -60,7 +61,7 @@ func newFakeGateway(t *testing.T, codec string) *fakeGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &fakeGateway{t: t, ln: ln, codec: c, changed: make(chan struct{}, 1)}
+	g := &fakeGateway{t: t, ln: ln, codec: c, changed: make(chan struct{}, 1), perNode: map[string]int{}}
 	t.Cleanup(g.close)
 	return g
 }
@@ -114,6 +115,28 @@ func (g *fakeGateway) violation(s string) {
 func (g *fakeGateway) bump(n *atomic.Int64) {
 	n.Add(1)
 	g.signal()
+}
+
+// reported counts a report of node.
+func (g *fakeGateway) reported(node string) int64 {
+	g.mu.Lock()
+	g.perNode[node]++
+	g.mu.Unlock()
+	return g.reports.Add(1)
+}
+
+// nodesWith returns how many nodes sent at least k reports. A node that
+// reported has finished its handshake on its side too.
+func (g *fakeGateway) nodesWith(k int) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, c := range g.perNode {
+		if c >= k {
+			n++
+		}
+	}
+	return n
 }
 
 func (g *fakeGateway) signal() {
@@ -190,7 +213,7 @@ func (g *fakeGateway) serve(c *fakeConn) {
 			if !bytes.Contains(f.Services, []byte(`"service_id":"devicesim"`)) {
 				g.violation("report without the devicesim service: " + string(f.Services))
 			}
-			n := g.reports.Add(1)
+			n := g.reported(hello.NodeID)
 			switch {
 			case f.Seq == 0:
 			case g.busyEvery > 0 && n%int64(g.busyEvery) == 0:
@@ -229,13 +252,18 @@ func (g *fakeGateway) serveDemo(c *fakeConn) {
 			g.violation("bad demo message " + f.NodeID)
 			return
 		}
+		if first && g.refuse != nil && g.refuse(f.NodeID) {
+			c.writeRaw([]byte("error: " + f.NodeID + " is not allowed\n"))
+			continue
+		}
 		if first {
 			first = false
 			c.writeRaw([]byte("sub device: " + f.NodeID + " go online\n"))
 			g.bump(&g.logins)
 			continue
 		}
-		g.bump(&g.reports)
+		g.reported(f.NodeID)
+		g.signal()
 	}
 }
 
@@ -330,7 +358,7 @@ func TestReportsAndAcks(t *testing.T) {
 			cfg.Window = 1
 			cfg.Hold = time.Hour // ended by the test once enough reports came
 			sum := runSim(t, cfg, func() {
-				g.waitFor("reports", func() bool { return g.reports.Load() >= n*perDevice })
+				g.waitFor("reports", func() bool { return g.nodesWith(perDevice) == n })
 			})
 			g.close()
 			if sum.Connected != n || sum.Failed != 0 || sum.Devices != n {
@@ -430,51 +458,41 @@ func TestDialFailure(t *testing.T) {
 func TestDemo(t *testing.T) {
 	const n, perDevice = 3, 3
 	g := newFakeGateway(t, "demo")
+	g.refuse = func(node string) bool { return node == "demo3" }
 	g.start()
-	cfg := testConfig(g.addr(), "demo", n)
+	cfg := testConfig(g.addr(), "demo", n+1)
 	cfg.Prefix = "demo"
 	cfg.MsgRate = 200
 	cfg.Hold = time.Hour
 	sum := runSim(t, cfg, func() {
-		g.waitFor("demo reports", func() bool { return g.logins.Load() == n && g.reports.Load() >= n*perDevice })
+		g.waitFor("demo reports", func() bool { return g.nodesWith(perDevice) == n })
 	})
 	g.close()
-	if sum.Connected != n || g.logins.Load() != n {
-		t.Errorf("connected %d, gateway logins %d", sum.Connected, g.logins.Load())
+	if sum.Connected != n || g.logins.Load() != n || sum.Failed != 1 || sum.ErrorKinds["refused_demo"] != 1 || sum.Errors != 1 {
+		t.Errorf("connected %d failed %d, gateway logins %d, errors %v", sum.Connected, sum.Failed, g.logins.Load(), sum.ErrorKinds)
 	}
-	// The login message counts as sent.
-	if sum.FramesOut != n+g.reports.Load() {
-		t.Errorf("frames_out %d, gateway got %d logins and %d reports", sum.FramesOut, n, g.reports.Load())
-	}
-	// The greetings may still be queued when the run stops.
-	if sum.FramesIn > n || sum.Errors != 0 {
-		t.Errorf("frames_in %d (at most %d greetings), errors %v", sum.FramesIn, n, sum.ErrorKinds)
+	// The login messages count as sent, the refused one too; each got a
+	// reply line.
+	if sum.FramesOut != n+1+g.reports.Load() || sum.FramesIn != n+1 {
+		t.Errorf("frames_out %d frames_in %d, gateway got %d logins and %d reports", sum.FramesOut, sum.FramesIn, n, g.reports.Load())
 	}
 }
 
 func TestSourceAddresses(t *testing.T) {
 	const n = 4
 	g := newFakeGateway(t, "jsonl")
-	seen := make(chan string, n)
 	g.start()
-	// 127.0.0.0/8 is local on Linux: the gateway sees the chosen sources.
 	cfg := testConfig(g.addr(), "jsonl", n)
 	cfg.Sources = []string{"127.0.0.2", "127.0.0.3"}
-	cfg.Hold = time.Hour
-	sum := runSim(t, cfg, func() {
-		g.waitFor("logins", func() bool { return g.logins.Load() == n })
-		g.mu.Lock()
-		for _, c := range g.conns {
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			seen <- host
-		}
-		g.mu.Unlock()
-	})
-	close(seen)
+	sum := runSim(t, cfg, nil) // -hold 0: ends once all connected
+	// 127.0.0.0/8 is local on Linux: the gateway sees the chosen sources.
 	count := map[string]int{}
-	for h := range seen {
-		count[h]++
+	g.mu.Lock()
+	for _, c := range g.conns {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		count[host]++
 	}
+	g.mu.Unlock()
 	if sum.Connected != n || count["127.0.0.2"] != 2 || count["127.0.0.3"] != 2 {
 		t.Errorf("connected %d, sources %v", sum.Connected, count)
 	}

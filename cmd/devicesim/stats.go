@@ -28,6 +28,8 @@ const (
 	kindSend                        // a write failed
 	kindDecode                      // the gateway sent a frame the codec rejects
 	kindStrayAck                    // an ack for no report in flight
+	kindDemoRefused                 // demo: the reply to the first message was "error: ..."
+	kindDemoError                   // demo: an "error: ..." line after the login
 	numKinds
 )
 
@@ -39,6 +41,8 @@ var kindNames = [numKinds]string{
 	kindSend:         "send",
 	kindDecode:       "decode",
 	kindStrayAck:     "stray_ack",
+	kindDemoRefused:  "refused_demo",
+	kindDemoError:    "demo_error",
 }
 
 // codeSlots bounds the per-code counters; codes at or above the last slot

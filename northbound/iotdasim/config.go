@@ -91,7 +91,8 @@ type Config struct {
 	// (0 = iotda.CommandTimeout, 20 s; iotda-protocol §2.6).
 	CommandTimeout time.Duration
 	// Clock is the time source for timestamps, rate windows and time sync
-	// (nil = time.Now). Timeouts of waits use contexts, not Clock.
+	// (nil = time.Now). It is called from several goroutines and must be
+	// safe for concurrent use. Timeouts of waits use contexts, not Clock.
 	Clock func() time.Time
 	// Logger receives the simulator's and the broker's logs (nil = discard).
 	Logger *slog.Logger
@@ -102,12 +103,12 @@ var (
 	ErrConfig         = errors.New("iotdasim: invalid config")
 	ErrClosed         = errors.New("iotdasim: simulator closed")
 	ErrNotStarted     = errors.New("iotdasim: simulator not started")
+	ErrStopped        = errors.New("iotdasim: simulator stopped")
 	ErrUnknownGateway = errors.New("iotdasim: unknown gateway")
 	ErrUnknownDevice  = errors.New("iotdasim: unknown device")
 	ErrNotConnected   = errors.New("iotdasim: gateway not connected")
 	ErrTimeout        = errors.New("iotdasim: no response from device")
 	ErrDeviceExists   = errors.New("iotdasim: device exists")
-	ErrQueueFull      = errors.New("iotdasim: downstream queue full")
 )
 
 func (c *Config) applyDefaults() {

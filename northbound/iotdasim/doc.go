@@ -25,6 +25,19 @@
 // broker. Every method of Sim is safe for concurrent use. Recorded items are
 // bounded per kind (Config.MaxRecords); drops are counted.
 //
+// A request that breaks a rule of the reference (a wrong service_id, a
+// misspelt key, more entries than allowed) is recorded in Errors and not
+// answered; a valid request with per-device problems (unknown device,
+// duplicate node id) is answered with failed_devices entries. Refused
+// publishes (QoS 2, retain, over 1 MB, another device's topic) drop the
+// connection. Logins are refused with the CONNACK codes of
+// iotda-protocol §1.5; a CONNECT with a will gets 0x05.
+//
+// Lifecycle: New, Start, then Close. Stop ends a run like Close (listeners,
+// connections, broker, HTTP API and goroutines) but keeps the platform
+// state and the recordings; Start then serves the same addresses again, so
+// a test can take the platform away and bring it back, as in an outage.
+//
 // Choices where IoTDA's behaviour is undocumented (iotda-protocol Appendix B)
 // are documented on Config and on the methods; they are the simulator's, not
 // the platform's.

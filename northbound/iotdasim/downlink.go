@@ -56,6 +56,7 @@ func (s *Sim) request(ctx context.Context, gw, sub string, want iotda.Kind, topi
 	rid := newID()
 	p := &pendingReq{gw: gw, kind: want, ch: make(chan []byte, 1)}
 	s.pending[rid] = p
+	stop := s.stop
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -76,8 +77,13 @@ func (s *Sim) request(ctx context.Context, gw, sub string, want iotda.Kind, topi
 		return b, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: %s request_id %s: %w", ErrTimeout, want, rid, ctx.Err())
-	case <-s.done:
-		return nil, ErrClosed
+	case <-stop:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.state == stateClosed {
+			return nil, ErrClosed
+		}
+		return nil, ErrStopped
 	}
 }
 
@@ -86,6 +92,8 @@ func (s *Sim) usableLocked() error {
 	switch s.state {
 	case stateNew:
 		return ErrNotStarted
+	case stateStopped:
+		return ErrStopped
 	case stateClosed:
 		return ErrClosed
 	}

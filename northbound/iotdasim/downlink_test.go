@@ -121,8 +121,9 @@ func TestCommandErrors(t *testing.T) {
 		t.Fatalf("timeout: %v", err)
 	}
 	// A late answer is an error too.
+	n0 := len(s.Errors())
 	d.publish(iotda.TopicCommandResponse(gw1, rid), 1, iotda.CommandResponse{})
-	waitFor(t, s, "late answer error", func(v *View) bool { return hasError(v, "unknown or expired request_id") })
+	waitNewError(t, s, n0, "unknown or expired request_id")
 
 	// A malformed answer is recorded and not delivered.
 	short2, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -130,8 +131,9 @@ func TestCommandErrors(t *testing.T) {
 	res = call(t, func() (iotda.CommandResponse, error) { return s.Command(short2, gw1, "", "s", "c", nil) })
 	m = d.recv()
 	_, _, rid, _ = iotda.ParseTopic(m.topic)
+	n := len(s.Errors())
 	d.publish(iotda.TopicCommandResponse(gw1, rid), 1, `{"resultcode":0}`)
-	waitFor(t, s, "malformed answer error", func(v *View) bool { return hasError(v, "unknown field") })
+	waitNewError(t, s, n, "unknown field")
 	if _, err := await(t, res); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("malformed: %v", err)
 	}

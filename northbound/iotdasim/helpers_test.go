@@ -333,3 +333,18 @@ func (d *device) waitLost() error {
 		return nil
 	}
 }
+
+// waitNewError waits for an error containing sub among those recorded
+// after the first n.
+func waitNewError(t *testing.T, s *Sim, n int, sub string) {
+	t.Helper()
+	waitFor(t, s, "error "+sub, func(v *View) bool {
+		errs := v.Errors()
+		for _, e := range errs[min(n, len(errs)):] {
+			if strings.Contains(e, sub) {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -19,7 +19,8 @@ import (
 // per-client goroutines; they take s.mu only briefly and never publish.
 type hook struct {
 	mqtt.HookBase
-	s *Sim
+	s   *Sim
+	srv *mqtt.Server // the broker of the run this hook belongs to
 }
 
 var provided = []byte{
@@ -56,7 +57,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		h.s.mu.Unlock()
 		return nil
 	}
-	_ = h.s.server.SendConnack(cl, connackCode(cl, code), false, nil)
+	_ = h.srv.SendConnack(cl, connackCode(cl, code), false, nil)
 	return fmt.Errorf("%w: %s", errLogin, reason)
 }
 
@@ -168,17 +169,18 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	s.mu.Lock()
 	c := s.logins[cl]
 	delete(s.logins, cl)
+	s.mu.Unlock()
 	if c == nil {
-		s.mu.Unlock()
 		return
 	}
 	for _, f := range iotda.Subscriptions(c.gw) {
 		if _, ok := cl.State.Subscriptions.Get(f); !ok {
 			sub := packets.Subscription{Filter: f, Qos: 0}
-			s.server.Topics.Subscribe(cl.ID, sub)
+			h.srv.Topics.Subscribe(cl.ID, sub)
 			cl.State.Subscriptions.Add(f, sub)
 		}
 	}
+	s.mu.Lock()
 	g := s.gateways[c.gw]
 	old := g.conn
 	g.conn = c
@@ -392,13 +394,15 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		c.window[c.next] = now
 		c.next = (c.next + 1) % len(c.window)
 	}
-	gw := c.gw
+	gw, stop := c.gw, s.stop
 	s.notifyLocked()
 	s.mu.Unlock()
 	u := uplink{gw: gw, topic: pk.TopicName, payload: bytes.Clone(pk.Payload), at: now}
+	// The platform goroutine runs until this connection has ended (see
+	// Sim.shutdown); stop only guards against a bug there.
 	select {
 	case s.inbox <- u:
-	case <-s.done:
+	case <-stop:
 	}
 	if strings.HasPrefix(pk.TopicName, iotda.TopicPrefix) {
 		// Upstream $oc topics go to the platform, never back to devices:

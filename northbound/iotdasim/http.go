@@ -73,7 +73,7 @@ func errStatus(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ErrTimeout):
 		return http.StatusGatewayTimeout
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrNotStarted):
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrNotStarted), errors.Is(err, ErrStopped):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusBadRequest

@@ -96,8 +96,15 @@ func TestCloseAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Every goroutine the simulators started has ended. mochi's per-client
-	// write loops end right after their connection; allow them to finish.
+	checkGoroutines(t, base)
+}
+
+// checkGoroutines waits until at most base goroutines (plus a little
+// slack) are left: every goroutine the simulator started has ended.
+// mochi's per-client write loops end right after their connection; allow
+// them to finish.
+func checkGoroutines(t *testing.T, base int) {
+	t.Helper()
 	deadline := time.Now().Add(waitTime)
 	for runtime.NumGoroutine() > base+2 { // paho's own goroutines may linger briefly
 		if time.Now().After(deadline) {

@@ -33,9 +33,11 @@ type out struct {
 	payload []byte
 }
 
-// platformLoop is the platform goroutine: it processes upstream publishes
-// one at a time, in arrival order.
-func (s *Sim) platformLoop() {
+// platformLoop is the platform goroutine of one run: it processes
+// upstream publishes one at a time, in arrival order. stop is closed once
+// no connection is left (see shutdown); the loop then processes what is
+// still queued, whose answers have no connection to go to, and exits.
+func (s *Sim) platformLoop(stop <-chan struct{}) {
 	defer s.wg.Done()
 	for {
 		select {
@@ -45,8 +47,18 @@ func (s *Sim) platformLoop() {
 					s.log.Warn("downstream publish failed", "device_id", u.gw, "topic", o.topic, "err", err)
 				}
 			}
-		case <-s.done:
-			return
+		case <-stop:
+			n := 0
+			for {
+				select {
+				case u := <-s.inbox:
+					s.handle(u)
+					n++
+				default:
+					s.log.Debug("platform goroutine stopped", "n", n)
+					return
+				}
+			}
 		}
 	}
 }

@@ -301,8 +301,9 @@ func TestUpstreamValidation(t *testing.T) {
 		{"not json", iotda.TopicPropertiesReport(gw1), `services`, "properties report"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			n := len(s.Errors())
 			d.publish(tc.topic, 1, tc.body)
-			waitFor(t, s, "error "+tc.err, func(v *View) bool { return hasError(v, tc.err) })
+			waitNewError(t, s, n, tc.err)
 		})
 	}
 	if !d.c.IsConnectionOpen() {

@@ -288,7 +288,8 @@ func (s *Sim) View(fn func(*View)) {
 }
 
 // WaitFor blocks until cond returns true, re-evaluating it after every
-// recorded change, or until ctx is done or the simulator is closed. cond
+// recorded change, or until ctx is done or the simulator is closed. Stop
+// does not end the wait (the state is kept and Start may follow). cond
 // runs under the simulator's lock and must not call Sim methods.
 func (s *Sim) WaitFor(ctx context.Context, cond func(*View) bool) error {
 	for {

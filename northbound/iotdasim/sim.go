@@ -33,12 +33,22 @@ type simState int
 const (
 	stateNew simState = iota
 	stateStarted
+	stateStopped
 	stateClosed
 )
 
+// Indexes of Sim.bound.
+const (
+	boundTCP = iota
+	boundTLS
+	boundHTTP
+)
+
 // Sim is a local IoTDA platform. Create it with New, then Start; Close
-// stops everything it started. A closed Sim cannot be restarted: create a
-// new one with the same Config (the same Listen address works again).
+// stops everything it started, for good. Stop stops it like Close but
+// keeps the platform state (gateways, sub-devices, statuses, list
+// versions, change logs, shadows) and the recordings, and Start brings it
+// back on the same addresses, so tests can simulate a platform outage.
 type Sim struct {
 	cfg       Config
 	log       *slog.Logger
@@ -47,16 +57,20 @@ type Sim struct {
 	tlsConfig *tls.Config
 
 	inbox chan uplink
-	done  chan struct{}
+	done  chan struct{} // closed by Close
+
+	// lifeMu serialises Start, Stop and Close.
+	lifeMu sync.Mutex
 
 	// mu guards the following fields. It is never held while publishing
 	// into the broker or while calling into mochi.
 	mu             sync.Mutex
 	state          simState
+	stop           chan struct{} // closed when the current run ends
+	bound          [3]string     // resolved listen addresses, by boundTCP...
 	server         *mqtt.Server
 	listeners      []net.Listener
 	httpSrv        *http.Server
-	httpLn         net.Listener
 	conns          map[net.Conn]struct{}
 	gateways       map[string]*gateway
 	logins         map[*mqtt.Client]*conn // authenticated, session not yet established
@@ -68,6 +82,8 @@ type Sim struct {
 	changesDropped int64
 	changed        chan struct{}
 
+	// Both wait groups belong to the current run and are idle between
+	// runs; lifeMu keeps Start from adding while Stop waits.
 	connWG sync.WaitGroup // accept loops and connection goroutines
 	wg     sync.WaitGroup // platform goroutine and HTTP server
 }
@@ -184,16 +200,30 @@ func New(cfg Config) (*Sim, error) {
 	return s, nil
 }
 
-// Start binds the listeners and starts the broker, the platform goroutine
-// and the HTTP API. Addr and HTTPAddr are valid once it returns.
+// Start binds the listeners and starts a fresh broker, the platform
+// goroutine and the HTTP API. Addr, TLSAddr and HTTPAddr are valid once it
+// returns. After Stop it binds the addresses of the first run again (the
+// resolved ports where the Config said :0, so clients reconnect to the
+// same address) and continues with the kept state; it fails if one of them
+// has been taken meanwhile, and may be retried. After Close it returns
+// ErrClosed.
 func (s *Sim) Start() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch s.state {
+	state, bound := s.state, s.bound
+	s.mu.Unlock()
+	switch state {
 	case stateStarted:
 		return errors.New("iotdasim: already started")
 	case stateClosed:
 		return ErrClosed
+	}
+	addr := func(i int, configured string) string {
+		if bound[i] != "" {
+			return bound[i]
+		}
+		return configured
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -204,46 +234,65 @@ func (s *Sim) Start() error {
 		Logger:                 s.cfg.Logger.With("component", "iotdasim_broker"),
 		SysTopicResendInterval: 3600,
 	})
-	if err := srv.AddHook(&hook{s: s}, nil); err != nil {
+	if err := srv.AddHook(&hook{s: s, srv: srv}, nil); err != nil {
 		return fmt.Errorf("iotdasim: add hook: %w", err)
 	}
 
-	var lns []net.Listener
+	var lns, all []net.Listener // all: closed again if Start fails
 	closeAll := func() {
-		for _, ln := range lns {
-			_ = ln.Close()
+		for _, l := range all {
+			_ = l.Close()
 		}
 	}
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	listen := func(i int, configured string) (net.Listener, error) {
+		a := addr(i, configured)
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("iotdasim: listen %s: %w", a, err)
+		}
+		bound[i] = l.Addr().String()
+		all = append(all, l)
+		return l, nil
+	}
+	ln, err := listen(boundTCP, s.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("iotdasim: listen %s: %w", s.cfg.Listen, err)
+		return err
 	}
 	lns = append(lns, ln)
 	if s.cfg.TLSListen != "" {
-		tln, err := net.Listen("tcp", s.cfg.TLSListen)
+		tln, err := listen(boundTLS, s.cfg.TLSListen)
 		if err != nil {
-			closeAll()
-			return fmt.Errorf("iotdasim: listen %s: %w", s.cfg.TLSListen, err)
+			return err
 		}
 		lns = append(lns, tls.NewListener(tln, s.tlsConfig))
 	}
 	var hln net.Listener
+	var hs *http.Server
 	if s.cfg.HTTPListen != "" {
-		hln, err = net.Listen("tcp", s.cfg.HTTPListen)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("iotdasim: listen %s: %w", s.cfg.HTTPListen, err)
+		if hln, err = listen(boundHTTP, s.cfg.HTTPListen); err != nil {
+			return err
+		}
+		hs = &http.Server{
+			Handler:           s.httpHandler(),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      s.cfg.CommandTimeout + 10*time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		}
 	}
 	if err := srv.Serve(); err != nil {
 		closeAll()
-		if hln != nil {
-			_ = hln.Close()
-		}
 		return fmt.Errorf("iotdasim: serve: %w", err)
 	}
 
-	s.server, s.listeners, s.state = srv, lns, stateStarted
+	stop := make(chan struct{})
+	s.mu.Lock()
+	s.server, s.listeners, s.httpSrv, s.bound = srv, lns, hs, bound
+	s.state, s.stop = stateStarted, stop
+	s.mu.Unlock()
 	for i, l := range lns {
 		id := listenerTCP
 		if i == 1 {
@@ -253,22 +302,12 @@ func (s *Sim) Start() error {
 		go s.acceptLoop(id, l)
 	}
 	s.wg.Add(1)
-	go s.platformLoop()
-	if hln != nil {
-		s.httpLn = hln
-		s.httpSrv = &http.Server{
-			Handler:           s.httpHandler(),
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      s.cfg.CommandTimeout + 10*time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		}
+	go s.platformLoop(stop)
+	if hs != nil {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.httpSrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := hs.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("http server stopped", "err", err)
 			}
 		}()
@@ -314,36 +353,54 @@ func (s *Sim) acceptLoop(id string, ln net.Listener) {
 	}
 }
 
-// Addr returns the plain MQTT listener address ("" before Start).
-func (s *Sim) Addr() string { return s.listenerAddr(0) }
+// Addr returns the plain MQTT listener address ("" before the first
+// Start). It stays the same across Stop and Start.
+func (s *Sim) Addr() string { return s.boundAddr(boundTCP) }
 
 // TLSAddr returns the MQTTS listener address ("" when off).
-func (s *Sim) TLSAddr() string { return s.listenerAddr(1) }
-
-func (s *Sim) listenerAddr(i int) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if i < len(s.listeners) {
-		return s.listeners[i].Addr().String()
-	}
-	return ""
-}
+func (s *Sim) TLSAddr() string { return s.boundAddr(boundTLS) }
 
 // HTTPAddr returns the HTTP API address ("" when off).
-func (s *Sim) HTTPAddr() string {
+func (s *Sim) HTTPAddr() string { return s.boundAddr(boundHTTP) }
+
+func (s *Sim) boundAddr(i int) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.httpLn != nil {
-		return s.httpLn.Addr().String()
-	}
-	return ""
+	return s.bound[i]
 }
 
-// Close stops the listeners, drops every connection, stops the broker,
-// the platform goroutine and the HTTP API, and returns when all of them
-// have exited. Pending downstream requests fail with ErrClosed. It is
-// idempotent.
+// Stop ends the current run like Close: it stops the listeners, drops
+// every connection, stops the broker, the platform goroutine and the HTTP
+// API, and returns when all of them have exited. Pending downstream
+// requests fail with ErrStopped, and downstream calls fail with ErrStopped
+// until Start. Unlike Close it keeps the platform state and the
+// recordings: upstream publishes the broker accepted before the drop are
+// still processed and recorded. Console calls (AddDevice, DeleteDevice,
+// SetShadow, RefuseAdd) keep working; the gateway learns of changes by
+// sync. Connected reports false for every gateway and WaitFor callers
+// re-evaluate their conditions; they keep waiting. Stop is idempotent and
+// a no-op before Start; Start continues the Sim.
+func (s *Sim) Stop() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.mu.Lock()
+	if s.state != stateStarted {
+		s.mu.Unlock()
+		return nil
+	}
+	s.state = stateStopped
+	s.mu.Unlock()
+	err := s.shutdown()
+	s.log.Info("stopped; state kept")
+	return err
+}
+
+// Close stops the Sim for good: as Stop, but pending downstream requests
+// and WaitFor fail with ErrClosed, and Start is refused. It is idempotent
+// and may follow Stop.
 func (s *Sim) Close() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
 	s.mu.Lock()
 	if s.state == stateClosed {
 		s.mu.Unlock()
@@ -352,16 +409,28 @@ func (s *Sim) Close() error {
 	started := s.state == stateStarted
 	s.state = stateClosed
 	close(s.done)
-	lns, srv, hs := s.listeners, s.server, s.httpSrv
+	s.mu.Unlock()
+	var err error
+	if started {
+		err = s.shutdown()
+	}
+	s.log.Info("closed")
+	return err
+}
+
+// shutdown ends the current run after Stop or Close has moved the state
+// away from stateStarted, which makes accept loops refuse new connections.
+// The platform goroutine runs until every connection has ended, so that an
+// upstream publish the broker accepted (and acknowledged) is processed;
+// then it drains the inbox and exits. Call with lifeMu held.
+func (s *Sim) shutdown() error {
+	s.mu.Lock()
+	lns, srv, hs, stop := s.listeners, s.server, s.httpSrv, s.stop
 	conns := make([]net.Conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	s.notifyLocked()
 	s.mu.Unlock()
-	if !started {
-		return nil
-	}
 
 	var errs []error
 	for _, ln := range lns {
@@ -373,6 +442,7 @@ func (s *Sim) Close() error {
 		_ = c.Close()
 	}
 	s.connWG.Wait()
+	close(stop) // no connection is left to feed the inbox
 	if err := srv.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -385,7 +455,18 @@ func (s *Sim) Close() error {
 		cancel()
 	}
 	s.wg.Wait()
-	s.log.Info("stopped")
+
+	s.mu.Lock()
+	s.listeners, s.server, s.httpSrv, s.stop = nil, nil, nil, nil
+	// mochi calls OnDisconnect for every established session; a login
+	// whose CONNACK failed never got that far.
+	clear(s.logins)
+	clear(s.byClient)
+	for _, g := range s.gateways {
+		g.conn = nil
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -393,13 +474,10 @@ func (s *Sim) Close() error {
 // client. It must be called without s.mu held.
 func (s *Sim) publish(topic string, payload []byte) error {
 	s.mu.Lock()
-	srv, state := s.server, s.state
+	srv, err := s.server, s.usableLocked()
 	s.mu.Unlock()
-	switch state {
-	case stateNew:
-		return ErrNotStarted
-	case stateClosed:
-		return ErrClosed
+	if err != nil {
+		return err
 	}
 	if err := srv.Publish(topic, payload, false, 1); err != nil {
 		return fmt.Errorf("iotdasim: publish %s: %w", topic, err)
