@@ -160,8 +160,7 @@ func TestNoGoroutineOutlivesRun(t *testing.T) {
 // are all delivered, in order, after it comes back.
 func TestOutageLosesNothing(t *testing.T) {
 	sim := startSim(t, "127.0.0.1:0")
-	addr := sim.Addr()
-	h := startGateway(t, sim, testConfig(t, addr, "jsonl"))
+	h := startGateway(t, sim, testConfig(t, sim.Addr(), "jsonl"))
 	c, devID := h.login("jsonl", "outage1")
 	send := func(from, to int) {
 		for i := from; i <= to; i++ {
@@ -175,18 +174,19 @@ func TestOutageLosesNothing(t *testing.T) {
 	}
 	send(1, 20)
 	h.waitSim("first 20", func(v *iotdasim.View) bool { return v.PropertyCount(devID) == 20 })
-	sim.Close()
+	if err := sim.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	send(21, 120) // accepted while the platform is down
 	if n := metricValue(t, h, "subgate_outbox_messages"); n < 1 {
 		t.Fatalf("outbox holds %v items during the outage", n)
 	}
-	sim2 := startSim(t, addr)
-	h.sim = sim2
-	h.waitSim("reconnected", func(v *iotdasim.View) bool { return v.Connected(testGW) })
-	// The new simulator starts empty: teach it the device (console add).
-	h.waitSim("backlog delivered", func(v *iotdasim.View) bool { return v.PropertyCount(devID) >= 100 })
+	if err := sim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSim("backlog delivered", func(v *iotdasim.View) bool { return v.PropertyCount(devID) >= 120 })
 	var got []int
-	sim2.View(func(v *iotdasim.View) {
+	sim.View(func(v *iotdasim.View) {
 		for _, p := range v.Properties(devID) {
 			var m map[string]int
 			json.Unmarshal(p.Services[0].Properties, &m)

@@ -67,6 +67,7 @@ type config struct {
 	Window         int     // reports waiting for an ack, per device
 	Answer         bool    // answer commands and property set/get
 	Hold           time.Duration
+	Drain          time.Duration // after Hold, wait at most this long for outstanding acks
 	Duration       time.Duration
 	Report         time.Duration // progress line interval (0 = none)
 	RecvQueue      int           // frames buffered per device before reading stops
@@ -99,6 +100,8 @@ func (c *config) validate() error {
 		return usagef("-recv-queue must be in [1, %d], got %d", maxRecvQueue, c.RecvQueue)
 	case c.Hold < 0:
 		return usagef("-hold must not be negative")
+	case c.Drain < 0:
+		return usagef("-drain must not be negative")
 	case c.Duration <= 0:
 		return usagef("-duration must be positive")
 	case c.Report < 0:

@@ -11,9 +11,10 @@
 // connects (at most -connect-rate per second, -max-pending handshakes at
 // once), says hello (with the token proof when a secret is given), reports
 // one property every 1/-msg-rate seconds, answers commands and property
-// set/get with -answer, and closes -hold after every device of the process
-// has connected or failed. -duration bounds the whole run; SIGINT or
-// SIGTERM ends it early, and the summary is still printed.
+// set/get with -answer, and -hold after every device of the process has
+// connected or failed stops reporting, waits at most -drain for the acks
+// still due, and closes. -duration bounds the whole run; SIGINT or SIGTERM
+// ends it at once, and the summary is still printed.
 //
 // Token secrets: -secret-file (the file's bytes without trailing line
 // ends, as `subgate tokens set -secret-file` stores them) or -secret-hex
@@ -102,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	fs.IntVar(&c.Window, "window", 16, "with -ack: reports waiting for an ack per device; a full window skips reports")
 	fs.BoolVar(&c.Answer, "answer", false, "answer commands and property set/get with success")
 	fs.DurationVar(&c.Hold, "hold", 30*time.Second, "keep the devices connected this long after all connected")
+	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "after -hold, stop reporting and wait this long at most for outstanding acks")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Minute, "bound on the whole run")
 	fs.DurationVar(&c.Report, "report", 5*time.Second, "progress line interval on stderr (0: none)")
 	fs.IntVar(&c.RecvQueue, "recv-queue", 4, "frames buffered per device before its reader stops")

@@ -21,6 +21,7 @@ import (
 const (
 	phaseConnecting = "connecting" // devices are still being launched or handshaking
 	phaseHolding    = "holding"    // every device has connected or failed; -hold runs
+	phaseDraining   = "draining"   // reports stopped; waiting for their acks (-drain)
 	phaseClosing    = "closing"    // the devices are closing
 	phaseDone       = "done"
 )
@@ -35,7 +36,10 @@ type sim struct {
 	st       stats
 	progress io.Writer // progress lines; nil = none
 	now      func() time.Time
-	start    time.Time
+	// holdTimer starts the -hold timer; tests replace it to end the hold
+	// on an event.
+	holdTimer func(time.Duration) (<-chan time.Time, func() bool)
+	start     time.Time
 
 	// report is the uplink every device sends: a property report with
 	// -payload bytes of value (native codecs) or a demo message. It is
@@ -48,7 +52,11 @@ type sim struct {
 	// allGone gets a token when the last logged-in device is gone after
 	// every handshake finished, to end -hold early.
 	allGone chan struct{}
-	phase   atomic.Value // string
+	// inflight counts the reports of all devices waiting for an ack;
+	// drained gets a token whenever it drops to zero.
+	inflight atomic.Int64
+	drained  chan struct{}
+	phase    atomic.Value // string
 }
 
 func newSim(cfg config, progress io.Writer) (*sim, error) {
@@ -63,6 +71,11 @@ func newSim(cfg config, progress io.Writer) (*sim, error) {
 		cfg: cfg, native: codec.Native(), progress: progress, now: time.Now,
 		allResolved: make(chan struct{}),
 		allGone:     make(chan struct{}, 1),
+		drained:     make(chan struct{}, 1),
+		holdTimer: func(d time.Duration) (<-chan time.Time, func() bool) {
+			t := time.NewTimer(d)
+			return t.C, t.Stop
+		},
 	}
 	value := payload(cfg.Payload)
 	s.services = json.RawMessage(`[{"service_id":"` + reportService + `","properties":{"value":"` + value + `"}}]`)
@@ -101,16 +114,19 @@ func (s *sim) summary(phase string) Summary {
 	return s.st.summarize(phase, s.cfg.N, s.since())
 }
 
-// run connects the devices, holds them, closes them and returns the
-// summary. It returns when -hold has passed after every handshake
-// finished, when every device is gone, when -duration has passed, or when
-// ctx is done, and only after every goroutine it started has exited.
+// run connects the devices, holds them, drains their acks, closes them and
+// returns the summary. The hold ends -hold after every handshake finished,
+// or when every device is gone; -duration or ctx end the run at once,
+// without draining. run returns only after every goroutine it started has
+// exited.
 func (s *sim) run(ctx context.Context) Summary {
 	s.start = s.now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Duration)
 	defer cancel()
 	devCtx, stopDevices := context.WithCancel(ctx)
 	defer stopDevices()
+	sendCtx, stopSending := context.WithCancel(devCtx)
+	defer stopSending()
 
 	var aux sync.WaitGroup
 	reportDone := make(chan struct{})
@@ -119,9 +135,11 @@ func (s *sim) run(ctx context.Context) Summary {
 	}
 	// The launcher and every device goroutine it starts belong to devices.
 	var devices sync.WaitGroup
-	devices.Go(func() { s.launch(devCtx, &devices) })
+	devices.Go(func() { s.launch(devCtx, sendCtx, &devices) })
 
 	s.await(ctx)
+	stopSending()
+	s.drain(ctx)
 	s.phase.Store(phaseClosing)
 	stopDevices()
 	devices.Wait()
@@ -142,12 +160,42 @@ func (s *sim) await(ctx context.Context) {
 	if s.st.online.Load() == 0 {
 		return
 	}
-	t := time.NewTimer(s.cfg.Hold)
-	defer t.Stop()
+	c, stop := s.holdTimer(s.cfg.Hold)
+	defer stop()
 	select {
-	case <-t.C:
+	case <-c:
 	case <-s.allGone:
 	case <-ctx.Done():
+	}
+}
+
+// drain waits, at most -drain, until no report waits for an ack, so that
+// the acks of the last reports are counted rather than left unacked.
+func (s *sim) drain(ctx context.Context) {
+	if s.cfg.Drain <= 0 || ctx.Err() != nil || s.inflight.Load() == 0 {
+		return
+	}
+	s.phase.Store(phaseDraining)
+	t := time.NewTimer(s.cfg.Drain)
+	defer t.Stop()
+	for s.inflight.Load() > 0 {
+		select {
+		case <-s.drained:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// settle counts n reports that stopped waiting for an ack.
+func (s *sim) settle(n int) {
+	if n > 0 && s.inflight.Add(-int64(n)) == 0 {
+		select {
+		case s.drained <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -165,8 +213,9 @@ func (s *sim) reportLoop(done <-chan struct{}) {
 }
 
 // launch starts the devices at -connect-rate, with at most -max-pending
-// handshakes in flight. It stops launching when ctx is done.
-func (s *sim) launch(ctx context.Context, wg *sync.WaitGroup) {
+// handshakes in flight. It stops launching when ctx is done. Devices stop
+// reporting when sendCtx is done, and close when ctx is.
+func (s *sim) launch(ctx, sendCtx context.Context, wg *sync.WaitGroup) {
 	b := newBucket(s.cfg.ConnectRate, s.cfg.ConnectBurst, s.now())
 	pending := make(chan struct{}, s.cfg.MaxPending)
 	for i := range s.cfg.N {
@@ -178,7 +227,7 @@ func (s *sim) launch(ctx context.Context, wg *sync.WaitGroup) {
 		case <-ctx.Done():
 			return
 		}
-		wg.Go(func() { s.device(ctx, i, pending) })
+		wg.Go(func() { s.device(ctx, sendCtx, i, pending) })
 	}
 }
 
@@ -192,7 +241,7 @@ func (s *sim) resolve() {
 // device is the life of device i: connect, serve until ctx is done or the
 // connection ends, close. It frees its pending slot once the handshake is
 // over.
-func (s *sim) device(ctx context.Context, i int, pending <-chan struct{}) {
+func (s *sim) device(ctx, sendCtx context.Context, i int, pending <-chan struct{}) {
 	node := s.cfg.nodeID(i)
 	c, err := s.connect(ctx, i, node)
 	<-pending
@@ -209,10 +258,12 @@ func (s *sim) device(ctx context.Context, i int, pending <-chan struct{}) {
 	if s.cfg.Ack {
 		d.win = newWindow(s.cfg.Window)
 	}
-	d.serve(ctx)
+	d.serve(ctx, sendCtx)
 	c.Close()
 	if d.win != nil {
-		s.st.unacked.Add(int64(d.win.pending()))
+		n := d.win.pending()
+		s.st.unacked.Add(int64(n))
+		s.settle(n)
 	}
 	if s.st.online.Add(-1) == 0 && s.resolved.Load() == int64(s.cfg.N) {
 		select {
@@ -310,9 +361,9 @@ type device struct {
 }
 
 // serve runs until ctx is done or the connection fails. Without reports
-// one goroutine receives; with -msg-rate this goroutine sends and a second
-// one receives.
-func (d *device) serve(ctx context.Context) {
+// one goroutine receives; with -msg-rate this goroutine sends until
+// sendCtx is done and a second one receives.
+func (d *device) serve(ctx, sendCtx context.Context) {
 	if d.s.cfg.MsgRate <= 0 {
 		d.receive(ctx)
 		return
@@ -323,17 +374,24 @@ func (d *device) serve(ctx context.Context) {
 		defer close(dead)
 		d.receive(ctx)
 	})
-	d.sendLoop(ctx, dead)
-	// Unblock the receiver if the sender stopped first.
+	if d.sendLoop(sendCtx, dead) {
+		// Reports stopped: keep receiving acks until the run closes.
+		select {
+		case <-ctx.Done():
+		case <-dead:
+		}
+	}
+	// Unblock the receiver if it is still running.
 	d.c.Close()
 	rx.Wait()
 }
 
 // sendLoop sends reports at -msg-rate until ctx is done, dead is closed or
-// a write fails. The first report comes at a random point of the first
-// interval so that devices do not report in lockstep; a device that falls
-// behind skips the missed slots rather than bursting.
-func (d *device) sendLoop(ctx context.Context, dead <-chan struct{}) {
+// a write fails; it reports whether it stopped because ctx was done. The
+// first report comes at a random point of the first interval so that
+// devices do not report in lockstep; a device that falls behind skips the
+// missed slots rather than bursting.
+func (d *device) sendLoop(ctx context.Context, dead <-chan struct{}) bool {
 	interval := max(time.Duration(float64(time.Second)/d.s.cfg.MsgRate), time.Microsecond)
 	next := time.Now().Add(rand.N(interval))
 	t := time.NewTimer(time.Until(next))
@@ -341,13 +399,13 @@ func (d *device) sendLoop(ctx context.Context, dead <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return true
 		case <-dead:
-			return
+			return false
 		case <-t.C:
 		}
 		if d.send(ctx) != nil {
-			return
+			return false
 		}
 		next = next.Add(interval)
 		now := time.Now()
@@ -368,11 +426,12 @@ func (d *device) send(ctx context.Context) error {
 			d.s.st.skipped.Add(1)
 			return nil
 		}
+		d.s.inflight.Add(1)
 		f.Seq = seq
 	}
 	if err := d.c.Send(f); err != nil {
 		if d.win != nil {
-			d.win.remove(f.Seq)
+			d.forget(f.Seq)
 		}
 		d.sendFailed(ctx, err)
 		return err
@@ -431,7 +490,7 @@ func (d *device) handle(f frame.Frame) error {
 			st.kinds[kindStrayAck].Add(1)
 			return nil
 		}
-		sent, ok := d.win.remove(f.Seq)
+		sent, ok := d.forget(f.Seq)
 		if !ok {
 			st.kinds[kindStrayAck].Add(1)
 			return nil
@@ -442,7 +501,7 @@ func (d *device) handle(f frame.Frame) error {
 		st.downErr[codeSlot(f.Code)].Add(1)
 		if f.Seq != 0 && d.win != nil {
 			// A refused report (busy, rate limited) will get no ack.
-			d.win.remove(f.Seq)
+			d.forget(f.Seq)
 		}
 	case frame.TypeCommand:
 		if !d.s.cfg.Answer {
@@ -468,6 +527,15 @@ func (d *device) handle(f frame.Frame) error {
 		})
 	}
 	return nil
+}
+
+// forget ends the wait for the ack of seq and returns when it was sent.
+func (d *device) forget(seq uint32) (time.Duration, bool) {
+	sent, ok := d.win.remove(seq)
+	if ok {
+		d.s.settle(1)
+	}
+	return sent, ok
 }
 
 func (d *device) answer(counter *atomic.Int64, f frame.Frame) error {
