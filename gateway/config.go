@@ -56,6 +56,7 @@ type Config struct {
 	Southbound SouthboundConfig `yaml:"southbound" json:"southbound"`
 	Subdevice  SubdeviceConfig  `yaml:"subdevice" json:"subdevice"`
 	Outbox     OutboxConfig     `yaml:"outbox" json:"outbox"`
+	OTA        OTAConfig        `yaml:"ota" json:"ota"`
 	Admin      AdminConfig      `yaml:"admin" json:"admin"`
 	Store      StoreConfig      `yaml:"store" json:"store"`
 	Log        LogConfig        `yaml:"log" json:"log"`
@@ -159,6 +160,32 @@ type OutboxConfig struct {
 	Overflow string `yaml:"overflow" json:"overflow"`
 }
 
+// OTAConfig governs sub-device firmware upgrades (iotda-protocol §4).
+type OTAConfig struct {
+	// MaxConcurrent bounds devices being upgraded at once.
+	MaxConcurrent int `yaml:"max_concurrent" json:"max_concurrent"`
+	// CacheDir holds downloaded packages by SHA-256 (default <store.dir>/ota).
+	CacheDir string `yaml:"cache_dir" json:"cache_dir"`
+	// CacheMaxBytes bounds the package cache.
+	CacheMaxBytes int64 `yaml:"cache_max_bytes" json:"cache_max_bytes"`
+	// CAFile adds a CA for package downloads (system roots are always used).
+	CAFile string `yaml:"ca_file" json:"ca_file"`
+	// DownloadTimeout bounds one package download.
+	DownloadTimeout time.Duration `yaml:"download_timeout" json:"download_timeout"`
+	// ChunkSize is the bytes per chunk pushed to a device.
+	ChunkSize int `yaml:"chunk_size" json:"chunk_size"`
+	// Window is the chunks in flight before the device's acknowledgement.
+	Window int `yaml:"window" json:"window"`
+	// AckTimeout bounds the wait for a device's chunk acknowledgement.
+	AckTimeout time.Duration `yaml:"ack_timeout" json:"ack_timeout"`
+	// ApplyTimeout bounds the wait for the device's final result.
+	ApplyTimeout time.Duration `yaml:"apply_timeout" json:"apply_timeout"`
+	// MaxAttempts bounds retries of a job before it fails.
+	MaxAttempts int `yaml:"max_attempts" json:"max_attempts"`
+	// ProgressInterval throttles upgrade_progress_report per job.
+	ProgressInterval time.Duration `yaml:"progress_interval" json:"progress_interval"`
+}
+
 // AdminConfig is the admin HTTP endpoint.
 type AdminConfig struct {
 	Listen string `yaml:"listen" json:"listen"`
@@ -216,6 +243,17 @@ func DefaultConfig() Config {
 			ResyncInterval:  time.Hour,
 		},
 		Outbox: OutboxConfig{MaxBytes: 256 << 20, Overflow: "reject"},
+		OTA: OTAConfig{
+			MaxConcurrent:    64,
+			CacheMaxBytes:    1 << 30,
+			DownloadTimeout:  10 * time.Minute,
+			ChunkSize:        16 << 10,
+			Window:           4,
+			AckTimeout:       30 * time.Second,
+			ApplyTimeout:     5 * time.Minute,
+			MaxAttempts:      3,
+			ProgressInterval: 5 * time.Second,
+		},
 		Admin:  AdminConfig{Listen: "127.0.0.1:9100"},
 		Store:  StoreConfig{Dir: "./data", CommitInterval: 2 * time.Millisecond},
 		Log:    LogConfig{Level: "info", Format: "text"},
@@ -517,6 +555,19 @@ func (c *Config) Validate() error {
 	}
 	if sd.ResyncInterval < 0 {
 		add("subdevice.resync_interval", "must not be negative")
+	}
+	o := c.OTA
+	if o.MaxConcurrent < 1 || o.Window < 1 || o.MaxAttempts < 1 {
+		add("ota.max_concurrent", "max_concurrent, window and max_attempts must be positive")
+	}
+	if o.ChunkSize < 256 || o.ChunkSize > c.Southbound.MaxFrame-1024 {
+		add("ota.chunk_size", "must be 256..southbound.max_frame-1024 (%d)", c.Southbound.MaxFrame-1024)
+	}
+	if o.CacheMaxBytes < 1<<20 {
+		add("ota.cache_max_bytes", "must be at least 1048576")
+	}
+	if o.DownloadTimeout <= 0 || o.AckTimeout <= 0 || o.ApplyTimeout <= 0 || o.ProgressInterval < 0 {
+		add("ota.download_timeout", "download_timeout, ack_timeout and apply_timeout must be positive")
 	}
 	if c.Outbox.MaxBytes < 1<<20 {
 		add("outbox.max_bytes", "must be at least 1048576")

@@ -143,6 +143,7 @@ func (g *Gateway) markOnline(c *southbound.Conn, deviceID string, hello frame.Fr
 	g.m.logins.WithLabelValues("ok").Inc()
 	g.status.set(deviceID, subdevice.Online)
 	g.persistAsync(d)
+	g.ota.online(c, deviceID)
 }
 
 // persistAsync writes a record through the store's writer without
@@ -178,6 +179,7 @@ func (g *Gateway) Logout(c *southbound.Conn, reason error) {
 	}
 	g.status.set(id, subdevice.Offline)
 	g.persistAsync(d)
+	g.ota.offline(c, id)
 }
 
 // Frame handles one frame of a logged-in device, in order per connection.
@@ -214,7 +216,7 @@ func (g *Gateway) Frame(c *southbound.Conn, f frame.Frame) {
 		}
 		g.shadowGet(c, dev.DeviceID, f)
 	case frame.TypeOTAAck, frame.TypeOTAResult:
-		g.sendErr(c, frame.CodeUnsupported, f.Seq, f.RequestID, "no OTA job is running for this device")
+		g.ota.frame(c, dev.DeviceID, f)
 	default:
 		g.sendErr(c, frame.CodeUnsupported, f.Seq, f.RequestID, fmt.Sprintf("a device may not send %s frames", f.Type))
 	}

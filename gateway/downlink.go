@@ -535,7 +535,7 @@ func (g *Gateway) eventsDown(payload []byte) {
 				}
 			}
 		case iotda.ServiceOTA:
-			g.otaEvent(evs.ObjectDeviceID, ev)
+			g.ota.event(evs.ObjectDeviceID, ev)
 		default:
 			target := evs.ObjectDeviceID
 			c, ok := g.connByDevice(target)
@@ -547,33 +547,5 @@ func (g *Gateway) eventsDown(payload []byte) {
 			err := c.Send(frame.Frame{Type: frame.TypeEvent, ServiceID: ev.ServiceID, EventType: ev.EventType, Paras: ev.Paras})
 			g.m.downlink.WithLabelValues("event", resultLabel(err)).Inc()
 		}
-	}
-}
-
-// otaEvent answers OTA events for sub-devices. Version queries are answered
-// from the versions devices reported in their hello (iotda §4.1). Firmware
-// push to sub-devices is not part of this build: upgrade notifications get
-// an honest failure report instead of silence (iotda §4.5, code 255).
-func (g *Gateway) otaEvent(target string, ev iotda.Event) {
-	if target == "" || target == g.gw {
-		g.log.Info("OTA event for the gateway itself ignored", "component", "gateway", "event", ev.EventType)
-		return
-	}
-	d, ok := g.devs.ByID(target)
-	if !ok {
-		g.log.Info("OTA event for an unknown sub-device", "component", "gateway", "device_id", target)
-		return
-	}
-	switch ev.EventType {
-	case iotda.EventVersionQuery:
-		g.publishEvent(ClassOTA, "ota", target, iotda.ServiceOTA, iotda.EventVersionReport,
-			iotda.VersionReportParas{FwVersion: d.FwVersion, SwVersion: d.SwVersion})
-	case iotda.EventFirmwareUpgrade, iotda.EventSoftwareUpgrade, iotda.EventFirmwareUpgradeV2, iotda.EventSoftwareUpgradeV2:
-		var up iotda.UpgradeParas
-		_ = json.Unmarshal(ev.Paras, &up)
-		g.publishEvent(ClassOTA, "ota", target, iotda.ServiceOTA, iotda.EventUpgradeProgress, iotda.ProgressParas{
-			ResultCode: 255, Version: up.Version,
-			Description: "sub-device firmware transfer is not supported by this gateway build",
-		})
 	}
 }

@@ -77,6 +77,7 @@ type Gateway struct {
 	corr   *correlator
 	status *statusReporter
 	regs   *registrar
+	ota    *otaManager
 	props  *propCache
 	conns  sync.Map // *southbound.Conn -> *connState
 	live   sync.Map // device id -> *southbound.Conn (logged-in, registered or pending)
@@ -231,6 +232,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.corr = newCorrelator(g)
 	g.status = newStatusReporter(g)
 	g.regs = newRegistrar(g)
+	g.ota = newOTAManager(g)
 	g.log.Info("store loaded", "component", "gateway", "n", len(devs), "version", version)
 
 	nbc := g.cfg.Northbound
@@ -342,6 +344,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	mid.goRun("registrar", g.regs.run)
 	mid.goRun("correlator", g.corr.run)
 	mid.goRun("housekeeping", g.housekeeping)
+	mid.goRun("ota", g.ota.run)
 	intake.goRun("southbound", g.south.Run)
 	if g.adm != nil {
 		ops.goRun("admin", g.adm.Serve)

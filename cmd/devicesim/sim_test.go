@@ -31,6 +31,7 @@ type fakeGateway struct {
 	secret    func(node string) []byte // token auth when non-nil
 	refuse    func(node string) bool   // answer the hello with auth_failed
 	busyEvery int                      // answer every n-th report with busy instead of an ack
+	ackGate   chan struct{}            // when not nil, acks wait until it is closed
 	downlink  bool                     // after the welcome, send a command, a property set and a property get
 	closeNow  bool                     // close right after the welcome
 
@@ -193,6 +194,8 @@ func (g *fakeGateway) serve(c *fakeConn) {
 	if g.closeNow {
 		return
 	}
+	gated := &gatedAcks{g: g, c: c}
+	defer gated.wg.Wait()
 	want := map[string]frame.Type{}
 	if g.downlink {
 		id := hello.NodeID
@@ -216,6 +219,8 @@ func (g *fakeGateway) serve(c *fakeConn) {
 			n := g.reported(hello.NodeID)
 			switch {
 			case f.Seq == 0:
+			case g.ackGate != nil:
+				gated.ack(f.Seq)
 			case g.busyEvery > 0 && n%int64(g.busyEvery) == 0:
 				c.write(frame.Frame{Type: frame.TypeError, Code: frame.CodeBusy, Seq: f.Seq, Reason: "busy"})
 				g.busySent.Add(1)
@@ -238,6 +243,44 @@ func (g *fakeGateway) serve(c *fakeConn) {
 			g.violation("unexpected frame " + f.Type.String())
 		}
 	}
+}
+
+// gatedAcks holds the acks of one connection until fakeGateway.ackGate
+// is closed.
+type gatedAcks struct {
+	g     *fakeGateway
+	c     *fakeConn
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	held  []uint32
+	start sync.Once
+}
+
+func (a *gatedAcks) ack(seq uint32) {
+	a.mu.Lock()
+	a.held = append(a.held, seq)
+	a.mu.Unlock()
+	a.start.Do(func() { a.wg.Go(a.flush) })
+	select {
+	case <-a.g.ackGate:
+		a.flushHeld()
+	default:
+	}
+}
+
+func (a *gatedAcks) flush() {
+	<-a.g.ackGate
+	a.flushHeld()
+}
+
+func (a *gatedAcks) flushHeld() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, seq := range a.held {
+		a.c.write(frame.Frame{Type: frame.TypeAck, Seq: seq})
+		a.g.acksSent.Add(1)
+	}
+	a.held = nil
 }
 
 // serveDemo reads "<id>|<content>" lines; the first logs in.
@@ -324,6 +367,11 @@ func runSim(t *testing.T, cfg config, stop func()) Summary {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return runNewSim(t, s, stop)
+}
+
+func runNewSim(t *testing.T, s *sim, stop func()) Summary {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var wg sync.WaitGroup
@@ -495,5 +543,41 @@ func TestSourceAddresses(t *testing.T) {
 	g.mu.Unlock()
 	if sum.Connected != n || count["127.0.0.2"] != 2 || count["127.0.0.3"] != 2 {
 		t.Errorf("connected %d, sources %v", sum.Connected, count)
+	}
+}
+
+func TestDrain(t *testing.T) {
+	const n, window = 3, 3
+	g := newFakeGateway(t, "binary")
+	g.ackGate = make(chan struct{}) // no ack before the hold ended
+	g.start()
+	cfg := testConfig(g.addr(), "binary", n)
+	cfg.MsgRate = 500
+	cfg.Ack = true
+	cfg.Window = window
+	cfg.Drain = testTimeout
+	cfg.Hold = time.Hour
+	s, err := newSim(cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The hold ends once every device has a full window of reports at
+	// the gateway, none acked; the acks come only after that, and the
+	// drain must wait for them.
+	endHold := make(chan time.Time)
+	s.holdTimer = func(time.Duration) (<-chan time.Time, func() bool) { return endHold, func() bool { return true } }
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		g.waitFor("full windows", func() bool { return g.nodesWith(window) == n })
+		close(endHold)
+		close(g.ackGate)
+	})
+	sum := runNewSim(t, s, nil)
+	wg.Wait()
+	if sum.Connected != n || sum.FramesOut != n*window || sum.Acks != sum.FramesOut || sum.Unacked != 0 || sum.Errors != 0 {
+		t.Errorf("connected %d frames_out %d acks %d unacked %d errors %v", sum.Connected, sum.FramesOut, sum.Acks, sum.Unacked, sum.ErrorKinds)
+	}
+	if s.inflight.Load() != 0 {
+		t.Errorf("%d reports still in flight", s.inflight.Load())
 	}
 }
