@@ -254,9 +254,9 @@ func DefaultConfig() Config {
 			MaxAttempts:      3,
 			ProgressInterval: 5 * time.Second,
 		},
-		Admin:  AdminConfig{Listen: "127.0.0.1:9100"},
-		Store:  StoreConfig{Dir: "./data", CommitInterval: 2 * time.Millisecond},
-		Log:    LogConfig{Level: "info", Format: "text"},
+		Admin: AdminConfig{Listen: "127.0.0.1:9100"},
+		Store: StoreConfig{Dir: "./data", CommitInterval: 2 * time.Millisecond},
+		Log:   LogConfig{Level: "info", Format: "text"},
 	}
 }
 
