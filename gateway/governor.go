@@ -2,11 +2,12 @@ package gateway
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
 // Class is a publish priority class of the quota governor. Lower values
-// are served first when tokens are scarce.
+// are served first when permits are scarce.
 type Class int
 
 // Priority classes, highest first (issue 4: responses > management > OTA
@@ -24,17 +25,28 @@ var classNames = [numClasses]string{"response", "management", "ota", "telemetry"
 
 func (c Class) String() string { return classNames[c] }
 
-// governor hands out publish permits under two token buckets (messages/s
-// and bytes/s), serving waiters strictly by class. One goroutine (run)
-// owns the buckets; callers only send requests on per-class channels.
+// quotaMargin stretches the quota window so that publishes granted at the
+// window's edge still arrive more than a window apart at the platform,
+// despite scheduling and network jitter.
+const quotaMargin = 1.01
+
+// governor hands out publish permits so that no window of one second holds
+// more publishes than the platform allows (iotda-protocol §7: 50 messages/s
+// per connection), and, when configured, bytes/s stay under a token
+// bucket. Waiters are served strictly by class. One goroutine (run) owns
+// the state; callers send requests on per-class channels.
+//
+// The message limit is a sliding window (at most n grants in any window of
+// n/rate seconds, stretched by quotaMargin), the same rule the platform
+// applies, so the full quota is usable without ever exceeding it; a token
+// bucket with a burst would exceed it at window edges.
 type governor struct {
-	rate      float64 // messages per second
-	byteRate  float64 // bytes per second; 0 = unlimited
-	burst     float64
+	n         int           // grants per window
+	window    time.Duration // window length
+	byteRate  float64       // bytes per second; 0 = unlimited
 	byteBurst float64
 	reqs      [numClasses]chan govReq
 	now       func() time.Time
-	tokens    chan float64 // snapshots for the metric, capacity 1
 }
 
 type govReq struct {
@@ -43,14 +55,12 @@ type govReq struct {
 }
 
 func newGovernor(msgsPerSec float64, bytesPerSec int64, now func() time.Time) *governor {
+	n := max(1, int(math.Floor(msgsPerSec)))
 	g := &governor{
-		rate:     msgsPerSec,
+		n:        n,
+		window:   time.Duration(float64(n) / msgsPerSec * quotaMargin * float64(time.Second)),
 		byteRate: float64(bytesPerSec),
-		// A burst of one second's worth at most: the platform counts per
-		// second (§7), so a larger burst would overshoot its window.
-		burst:  max(1, msgsPerSec),
-		now:    now,
-		tokens: make(chan float64, 1),
+		now:      now,
 	}
 	g.byteBurst = max(g.byteRate, 1<<20)
 	for i := range g.reqs {
@@ -75,40 +85,36 @@ func (g *governor) acquire(ctx context.Context, c Class, n int) error {
 	}
 }
 
-// run serves permits until ctx is done.
+// run serves permits until ctx is done. level, when set, receives the
+// permits available right now after each grant (for the metric).
 func (g *governor) run(ctx context.Context, level func(float64)) {
-	tokens, btokens := g.burst, g.byteBurst
+	ring := make([]time.Time, g.n) // grant times, oldest at next
+	next := 0
+	btokens := g.byteBurst
 	last := g.now()
-	refill := func() {
-		now := g.now()
-		el := now.Sub(last).Seconds()
-		last = now
-		tokens = min(g.burst, tokens+el*g.rate)
-		if g.byteRate > 0 {
-			btokens = min(g.byteBurst, btokens+el*g.byteRate)
-		}
-		if level != nil {
-			level(tokens)
-		}
-	}
 	for {
 		r, ok := g.next(ctx)
 		if !ok {
 			return
 		}
 		for {
-			refill()
-			need := 0.0
-			if tokens < 1 {
-				need = (1 - tokens) / g.rate
+			now := g.now()
+			if g.byteRate > 0 {
+				btokens = min(g.byteBurst, btokens+now.Sub(last).Seconds()*g.byteRate)
 			}
-			if g.byteRate > 0 && btokens < float64(r.bytes) && btokens < g.byteBurst {
-				need = max(need, (min(float64(r.bytes), g.byteBurst)-btokens)/g.byteRate)
+			last = now
+			var wait time.Duration
+			if oldest := ring[next]; !oldest.IsZero() {
+				wait = oldest.Add(g.window).Sub(now)
 			}
-			if need <= 0 {
+			need := float64(min(r.bytes, int(g.byteBurst)))
+			if g.byteRate > 0 && btokens < need {
+				wait = max(wait, time.Duration((need-btokens)/g.byteRate*float64(time.Second)))
+			}
+			if wait <= 0 {
 				break
 			}
-			t := time.NewTimer(time.Duration(need * float64(time.Second)))
+			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -116,11 +122,22 @@ func (g *governor) run(ctx context.Context, level func(float64)) {
 			case <-t.C:
 			}
 		}
-		tokens--
+		now := g.now()
+		ring[next] = now
+		next = (next + 1) % g.n
 		if g.byteRate > 0 {
 			btokens -= float64(r.bytes)
 		}
 		close(r.grant)
+		if level != nil {
+			free := 0
+			for _, t := range ring {
+				if t.IsZero() || now.Sub(t) >= g.window {
+					free++
+				}
+			}
+			level(float64(free))
+		}
 	}
 }
 

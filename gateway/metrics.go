@@ -54,7 +54,7 @@ func newGatewayMetrics(reg prometheus.Registerer, g *Gateway) *gwMetrics {
 		}),
 		quotaTokens: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "subgate_northbound_quota_tokens",
-			Help: "Publish tokens left in the messages/s bucket of the quota governor.",
+			Help: "Publishes the quota governor could grant right now (free slots of the sliding one-second window).",
 		}),
 		controlDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "subgate_northbound_control_dropped_total",
