@@ -5,9 +5,13 @@ GO       ?= go
 BIN      ?= bin
 FUZZTIME ?= 30s
 
-# bench-conns: devices in total and device codec.
-N     ?= 19000
-CODEC ?= binary
+# bench-conns: devices in total, device codec and auth (token | open), and
+# the gateway's GOGC / GOMEMLIMIT (empty: Go's defaults); see docs/memory.md.
+N             ?= 19000
+CODEC         ?= binary
+AUTH          ?= token
+GW_GOGC       ?=
+GW_GOMEMLIMIT ?=
 
 # load: a short property-report run against a running `subgate -dev`.
 LOAD_ADDR  ?= 127.0.0.1:8081
@@ -43,4 +47,5 @@ load: build
 	./$(BIN)/devicesim -addr $(LOAD_ADDR) -codec $(LOAD_CODEC) -n $(LOAD_N) -msg-rate $(LOAD_RATE) -ack -hold $(LOAD_HOLD) -strict
 
 bench-conns:
-	N=$(N) CODEC=$(CODEC) ./cmd/devicesim/scripts/bench-conns.sh
+	N=$(N) CODEC=$(CODEC) AUTH=$(AUTH) GW_GOGC=$(GW_GOGC) GW_GOMEMLIMIT=$(GW_GOMEMLIMIT) \
+		./cmd/devicesim/scripts/bench-conns.sh

@@ -103,6 +103,9 @@ type NorthboundConfig struct {
 	MaxPublishBytes int `yaml:"max_publish_bytes" json:"max_publish_bytes"`
 	// DownlinkQueue bounds downlink messages waiting for dispatch.
 	DownlinkQueue int `yaml:"downlink_queue" json:"downlink_queue"`
+	// Coalesce keeps only the latest value per device and service when a
+	// backlog is replayed (lossy by design; off by default).
+	Coalesce bool `yaml:"coalesce" json:"coalesce"`
 }
 
 // SouthboundConfig is the device-facing TCP server.
@@ -140,6 +143,13 @@ type SubdeviceConfig struct {
 	AllowedProducts []string `yaml:"allowed_products" json:"allowed_products"`
 	// StatusDebounce collects status changes before reporting them.
 	StatusDebounce time.Duration `yaml:"status_debounce" json:"status_debounce"`
+	// StatusRate paces status entries per second (the platform allows
+	// 150/s per purchased unit, iotda §3.3).
+	StatusRate float64 `yaml:"status_rate" json:"status_rate"`
+	// StartupGrace delays the OFFLINE re-report of devices that have not
+	// reconnected after a gateway start, so a reconnect storm ends in as
+	// few status messages as possible.
+	StartupGrace time.Duration `yaml:"startup_grace" json:"startup_grace"`
 	// CommandTimeout bounds the wait for a device's command answer (§2.6).
 	CommandTimeout time.Duration `yaml:"command_timeout" json:"command_timeout"`
 	// PropertyTimeout bounds the wait for property set/get answers.
@@ -237,6 +247,8 @@ func DefaultConfig() Config {
 		Subdevice: SubdeviceConfig{
 			AutoRegister:    true,
 			StatusDebounce:  time.Second,
+			StatusRate:      150,
+			StartupGrace:    10 * time.Second,
 			CommandTimeout:  20 * time.Second,
 			PropertyTimeout: 20 * time.Second,
 			MaxPending:      100000,
@@ -544,8 +556,11 @@ func (c *Config) Validate() error {
 			add("subdevice.allowed_products", "%v", err)
 		}
 	}
-	if sd.StatusDebounce < 0 {
-		add("subdevice.status_debounce", "must not be negative")
+	if sd.StatusDebounce < 0 || sd.StartupGrace < 0 {
+		add("subdevice.status_debounce", "status_debounce and startup_grace must not be negative")
+	}
+	if sd.StatusRate < 1 {
+		add("subdevice.status_rate", "must be at least 1 entry per second")
 	}
 	if sd.CommandTimeout <= 0 || sd.PropertyTimeout <= 0 {
 		add("subdevice.command_timeout", "command_timeout and property_timeout must be positive")

@@ -151,7 +151,7 @@ func (g *Gateway) markOnline(c *southbound.Conn, deviceID string, hello frame.Fr
 // losing it in a crash loses no device data.
 func (g *Gateway) persistAsync(d subdevice.Device) {
 	select {
-	case g.regs.persist <- d:
+	case g.regs.persist <- d.DeviceID:
 	default:
 		g.m.persistDropped.Inc()
 	}

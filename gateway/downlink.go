@@ -536,6 +536,10 @@ func (g *Gateway) eventsDown(payload []byte) {
 			}
 		case iotda.ServiceOTA:
 			g.ota.event(evs.ObjectDeviceID, ev)
+		case iotda.ServiceLog:
+			if evs.ObjectDeviceID == "" || evs.ObjectDeviceID == g.gw {
+				g.logConfigEvent(ev)
+			}
 		default:
 			target := evs.ObjectDeviceID
 			c, ok := g.connByDevice(target)

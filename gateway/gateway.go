@@ -86,6 +86,7 @@ type Gateway struct {
 	ctrl      [2]chan ctrlMsg
 	awaits    chan awaitMsg
 	timeOff   atomic.Int64 // platform time minus local time, ms
+	dlog      deviceLog
 	eventSeq  atomic.Uint64
 	shadowSeq atomic.Uint64
 	lastSeq   atomic.Uint64 // highest outbox seq appended by this process
@@ -233,6 +234,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.status = newStatusReporter(g)
 	g.regs = newRegistrar(g)
 	g.ota = newOTAManager(g)
+	g.loadLogConfig()
 	g.log.Info("store loaded", "component", "gateway", "n", len(devs), "version", version)
 
 	nbc := g.cfg.Northbound
@@ -421,6 +423,7 @@ func (g *Gateway) onNorthUp() {
 
 func (g *Gateway) onNorthDown(err error) {
 	g.epoch.Add(1)
+	g.noteLoss(err)
 }
 
 // housekeeping runs the after-connect sequence (§3.12) and the periodic
@@ -432,16 +435,29 @@ func (g *Gateway) housekeeping(ctx context.Context) error {
 		defer t.Stop()
 		resync = t.C
 	}
+	// After a gateway start, devices reconnect over a while: report the
+	// ones that did not come back as OFFLINE once, after the grace period,
+	// instead of OFFLINE now and ONLINE a moment later (issue 5).
+	grace := time.NewTimer(g.cfg.Subdevice.StartupGrace)
+	defer grace.Stop()
+	graceOver := false
+	connects := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-g.upSig:
-			g.afterConnect(ctx)
+			connects++
+			g.afterConnect(connects > 1, graceOver)
+		case <-grace.C:
+			graceOver = true
+			if g.north.Connected() {
+				g.status.reReportAll(false)
+			}
 		case <-resync:
 			if g.north.Connected() {
 				g.sendSync()
-				g.status.reReportAll()
+				g.status.reReportAll(false)
 			}
 		}
 	}
@@ -449,14 +465,17 @@ func (g *Gateway) housekeeping(ctx context.Context) error {
 
 // afterConnect: device info, time sync, sync request, full status report
 // (iotda-protocol §3.12, §5.2, §5.3).
-func (g *Gateway) afterConnect(ctx context.Context) {
+func (g *Gateway) afterConnect(reconnect, graceOver bool) {
 	g.publishEvent(ClassManagement, "sdk_info", "", iotda.ServiceSDKInfo, iotda.EventSDKInfoReport, iotda.SDKInfoParas{
 		DeviceSDKVersion: "subgate_" + g.version,
 	})
 	g.publishEvent(ClassManagement, "time_sync", "", iotda.ServiceTimeSync, iotda.EventTimeSyncRequest,
 		iotda.TimeSyncRequestParas{DeviceSendTime: g.now().UnixMilli()})
 	g.sendSync()
-	g.status.reReportAll()
+	g.logConnect()
+	if reconnect || graceOver {
+		g.status.reReportAll(reconnect)
+	}
 }
 
 func (g *Gateway) sendSync() {

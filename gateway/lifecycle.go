@@ -29,13 +29,10 @@ type statusReporter struct {
 	reported map[string]subdevice.Status // what the platform was told on this connection
 	retries  map[string]int
 	byEvent  map[string][]iotda.DeviceStatus
+	rate     float64 // entries per second (subdevice.status_rate)
 	tokens   float64
 	last     time.Time
 }
-
-// statusRate is the default status entries per second: the platform allows
-// 100 x units x 1.5 per second (iotda §3.3, §7); one unit gives 150.
-const statusRate = 150
 
 func newStatusReporter(g *Gateway) *statusReporter {
 	return &statusReporter{
@@ -45,7 +42,8 @@ func newStatusReporter(g *Gateway) *statusReporter {
 		reported: make(map[string]subdevice.Status),
 		retries:  make(map[string]int),
 		byEvent:  make(map[string][]iotda.DeviceStatus),
-		tokens:   statusRate,
+		rate:     g.cfg.Subdevice.StatusRate,
+		tokens:   g.cfg.Subdevice.StatusRate,
 	}
 }
 
@@ -70,9 +68,11 @@ func (r *statusReporter) kick() {
 	}
 }
 
-// reReportAll forgets what the platform was told and queues the real state
-// of every known sub-device (iotda §3.12 step 3).
-func (r *statusReporter) reReportAll() {
+// reReportAll queues the real state of every known sub-device (iotda
+// §3.12 step 3). With forget set (after a reconnect: reports may have been
+// lost with the connection) it also forgets what the platform was told, so
+// every state is sent again.
+func (r *statusReporter) reReportAll(forget bool) {
 	g := r.g
 	all := g.devs.All()
 	states := make(map[string]subdevice.Status, len(all))
@@ -84,7 +84,9 @@ func (r *statusReporter) reReportAll() {
 		}
 	}
 	r.mu.Lock()
-	r.reported = make(map[string]subdevice.Status, len(all))
+	if forget {
+		r.reported = make(map[string]subdevice.Status, len(all))
+	}
 	for id, st := range states {
 		if _, pending := r.want[id]; !pending {
 			r.want[id] = st
@@ -122,7 +124,7 @@ func (r *statusReporter) take(limited bool) []iotda.DeviceStatus {
 	now := r.g.now()
 	if limited {
 		if !r.last.IsZero() {
-			r.tokens = min(statusRate, r.tokens+now.Sub(r.last).Seconds()*statusRate)
+			r.tokens = min(r.rate, r.tokens+now.Sub(r.last).Seconds()*r.rate)
 		}
 		r.last = now
 	}
@@ -297,7 +299,7 @@ type registrar struct {
 	addQ    chan string // node ids
 	delQ    chan delReq
 	events  chan iotda.Event
-	persist chan subdevice.Device
+	persist chan string // device ids whose record changed
 
 	// mu guards the following fields.
 	mu      sync.Mutex
@@ -311,7 +313,7 @@ func newRegistrar(g *Gateway) *registrar {
 		addQ:    make(chan string, 4096),
 		delQ:    make(chan delReq, 1024),
 		events:  make(chan iotda.Event, 1024),
-		persist: make(chan subdevice.Device, 16384),
+		persist: make(chan string, 16384),
 		pending: make(map[string]*pendingReg),
 		dels:    make(map[string][]delReq),
 	}
@@ -421,12 +423,12 @@ func (r *registrar) run(ctx context.Context) error {
 	}
 }
 
-func (r *registrar) persistBatch(ctx context.Context, first subdevice.Device) {
-	batch := map[string]subdevice.Device{first.DeviceID: first}
+func (r *registrar) persistBatch(ctx context.Context, first string) {
+	batch := map[string]bool{first: true}
 	for len(batch) < 1000 {
 		select {
-		case d := <-r.persist:
-			batch[d.DeviceID] = d
+		case id := <-r.persist:
+			batch[id] = true
 			continue
 		default:
 		}

@@ -27,6 +27,7 @@ type gwMetrics struct {
 	timeOffset     prometheus.Gauge
 	sendErrors     prometheus.Counter
 	persistDropped prometheus.Counter
+	coalesced      prometheus.Counter
 }
 
 func newGatewayMetrics(reg prometheus.Registerer, g *Gateway) *gwMetrics {
@@ -109,6 +110,10 @@ func newGatewayMetrics(reg prometheus.Registerer, g *Gateway) *gwMetrics {
 			Name: "subgate_southbound_send_errors_total",
 			Help: "Frames to devices that could not be queued (closed or slow connection).",
 		}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "subgate_northbound_coalesced_total",
+			Help: "Backlog property reports merged into a later report of the same device (northbound.coalesce).",
+		}),
 		persistDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "subgate_subdevice_persist_dropped_total",
 			Help: "Connection bookkeeping updates not saved because the queue was full.",
@@ -153,7 +158,7 @@ func newGatewayMetrics(reg prometheus.Registerer, g *Gateway) *gwMetrics {
 	reg.MustRegister(m.logins, m.upAccepted, m.upRejected, m.upPublished, m.packing, m.quotaTokens,
 		m.controlDropped, m.downlink, m.roundtrip, m.lateAnswers, m.limitHits, m.statusReports,
 		m.statusEntries, m.statusFailed, m.adds, m.deletes, m.notifications, m.timeOffset, m.sendErrors,
-		m.persistDropped, subdevices, byStatus, pending, regPending, statusPending)
+		m.persistDropped, m.coalesced, subdevices, byStatus, pending, regPending, statusPending)
 	return m
 }
 

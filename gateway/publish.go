@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/subgate/subgate/northbound"
@@ -186,7 +187,17 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			}
 			continue
 		}
-		pubs := g.pack(items)
+		units := make([]unit, len(items))
+		for i, it := range items {
+			units[i] = unit{it: it, seqs: []uint64{it.Seq}}
+		}
+		if g.cfg.Northbound.Coalesce && len(items) >= 2*iotda.MaxBatchDevices {
+			// A backlog: keep only the latest value per device and service.
+			before := len(units)
+			units = coalesce(units)
+			g.m.coalesced.Add(float64(before - len(units)))
+		}
+		pubs := g.pack(units)
 		for _, p := range pubs {
 			class := ClassTelemetry
 			if p.maxSeq <= replayMark {
@@ -235,7 +246,7 @@ type packed struct {
 // limit), each device at most once per batch. A message or event of a device
 // already in the open batch closes the batch first, so per-device order
 // holds across kinds.
-func (g *Gateway) pack(items []store.Item) []packed {
+func (g *Gateway) pack(items []unit) []packed {
 	maxBytes := g.cfg.Northbound.MaxPublishBytes - 1024
 	var out []packed
 	type entry struct {
@@ -270,7 +281,8 @@ func (g *Gateway) pack(items []store.Item) []packed {
 		batch, bseqs, bmax, bsize = nil, nil, 0, 16
 		index = map[string]int{}
 	}
-	for _, it := range items {
+	for _, u := range items {
+		it := u.it
 		switch it.Kind {
 		case store.KindProperties:
 			add := len(it.Payload) + len(it.DeviceID) + 40
@@ -283,14 +295,14 @@ func (g *Gateway) pack(items []store.Item) []packed {
 			}
 			index[it.DeviceID] = len(batch)
 			batch = append(batch, entry{id: it.DeviceID, services: []json.RawMessage{it.Payload}})
-			bseqs = append(bseqs, it.Seq)
-			bmax = max(bmax, it.Seq)
+			bseqs = append(bseqs, u.seqs...)
+			bmax = max(bmax, slices.Max(u.seqs))
 			bsize += add
 		default:
 			if _, ok := index[it.DeviceID]; ok {
 				flush()
 			}
-			p := packed{seqs: []uint64{it.Seq}, maxSeq: it.Seq, devices: 1, payload: it.Payload}
+			p := packed{seqs: u.seqs, maxSeq: slices.Max(u.seqs), devices: 1, payload: it.Payload}
 			switch it.Kind {
 			case store.KindMessage:
 				p.kind, p.topic = "message", iotda.TopicMessagesUp(g.gw)
@@ -307,6 +319,87 @@ func (g *Gateway) pack(items []store.Item) []packed {
 		}
 	}
 	flush()
+	return out
+}
+
+// unit is an outbox item on its way to a publish, with the sequence
+// numbers it stands for (several when coalesced).
+type unit struct {
+	it   store.Item
+	seqs []uint64
+}
+
+// coalesce merges the property reports of each device in a backlog window
+// into one report per device that keeps, per service, the latest value of
+// every property and the latest event_time (northbound.coalesce). Reports
+// that do not parse are kept as they are. Other kinds pass through.
+func coalesce(units []unit) []unit {
+	type svcState struct {
+		keys  []string
+		props map[string]json.RawMessage
+		time  string
+	}
+	type devState struct {
+		at    int // index in out
+		order []string
+		svcs  map[string]*svcState
+	}
+	devs := map[string]*devState{}
+	out := make([]unit, 0, len(units))
+	for _, u := range units {
+		if u.it.Kind != store.KindProperties {
+			out = append(out, u)
+			continue
+		}
+		var svcs []iotda.Service
+		if err := json.Unmarshal(u.it.Payload, &svcs); err != nil {
+			out = append(out, u)
+			continue
+		}
+		d, ok := devs[u.it.DeviceID]
+		if !ok {
+			d = &devState{at: len(out), svcs: map[string]*svcState{}}
+			devs[u.it.DeviceID] = d
+			out = append(out, unit{it: u.it})
+		}
+		out[d.at].seqs = append(out[d.at].seqs, u.seqs...)
+		for _, sv := range svcs {
+			st, ok := d.svcs[sv.ServiceID]
+			if !ok {
+				st = &svcState{props: map[string]json.RawMessage{}}
+				d.svcs[sv.ServiceID] = st
+				d.order = append(d.order, sv.ServiceID)
+			}
+			var props map[string]json.RawMessage
+			if json.Unmarshal(sv.Properties, &props) != nil {
+				continue
+			}
+			for k, v := range props {
+				if _, seen := st.props[k]; !seen {
+					st.keys = append(st.keys, k)
+				}
+				st.props[k] = v
+			}
+			if sv.EventTime != "" {
+				st.time = sv.EventTime
+			}
+		}
+	}
+	for _, d := range devs {
+		svcs := make([]iotda.Service, 0, len(d.order))
+		for _, id := range d.order {
+			st := d.svcs[id]
+			slices.Sort(st.keys)
+			obj := make(map[string]json.RawMessage, len(st.props))
+			for _, k := range st.keys {
+				obj[k] = st.props[k]
+			}
+			b, _ := json.Marshal(obj)
+			svcs = append(svcs, iotda.Service{ServiceID: id, Properties: b, EventTime: st.time})
+		}
+		payload, _ := json.Marshal(svcs)
+		out[d.at].it.Payload = payload
+	}
 	return out
 }
 

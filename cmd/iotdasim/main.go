@@ -6,6 +6,7 @@
 // github.com/subgate/subgate/northbound/iotdasim.
 //
 //	iotdasim -listen 127.0.0.1:1883 -http 127.0.0.1:8090 -device gw1:secret1 [-device ...]
+//	iotdasim -load-http 127.0.0.1:8091 ...   also serve the load API (bulk adds, command load, status summary)
 //
 // Without -device it serves the development gateway of subgate -dev. It
 // exits cleanly on SIGINT or SIGTERM.
@@ -81,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	fs.BoolVar(&refuse, "refuse-adds", false, "answer every add_sub_device_request with failure")
 	fs.IntVar(&cfg.MaxRecords, "max-records", iotdasim.DefaultMaxRecords, "recorded items kept per kind")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level` (DEBUG, INFO, WARN, ERROR)")
+	loadHTTP := loadFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -109,6 +111,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		return 1
 	}
 	printBanner(stdout, sim, devices)
+	if *loadHTTP != "" {
+		closeLoad, err := loadServer(sim, *loadHTTP, cfg.Logger, stdout)
+		if err != nil {
+			fmt.Fprintf(stderr, "iotdasim: %v\n", err)
+			_ = sim.Close()
+			return 1
+		}
+		defer func() {
+			if err := closeLoad(); err != nil {
+				fmt.Fprintf(stderr, "iotdasim: load API: %v\n", err)
+			}
+		}()
+	}
 	if ready != nil {
 		ready(sim)
 	}

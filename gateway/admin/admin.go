@@ -68,6 +68,12 @@ type Backend interface {
 	Status() any
 	// Config is the effective configuration with secrets already redacted.
 	Config() any
+	// OTAJobs returns one page of the OTA jobs in state (every state when
+	// ""), oldest first, and the total number of matches.
+	OTAJobs(state string, offset, limit int) ([]OTAJob, int)
+	// CancelOTAJob cancels an unfinished OTA job and returns it as it
+	// ended. Errors may wrap ErrNotFound or ErrConflict (already finished).
+	CancelOTAJob(ctx context.Context, id string) (OTAJob, error)
 }
 
 // Errors a Backend may return (wrapped) to select the HTTP answer. Any other
