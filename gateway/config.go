@@ -70,8 +70,22 @@ type GatewayConfig struct {
 
 // NorthboundConfig is the MQTT session to IoTDA.
 type NorthboundConfig struct {
-	// Server is tcp://host:1883 or ssl://host:8883.
+	// Server is tcp://host:1883 or ssl://host:8883. With BootstrapServer
+	// set it may be empty: the provisioning service names it.
 	Server string `yaml:"server" json:"server"`
+	// BootstrapServer is the device provisioning endpoint
+	// (ssl://iot-bs.<region>...:8883, iotda-protocol §5.6). When set, the
+	// gateway asks it for its access address once and keeps the answer in
+	// the store.
+	BootstrapServer string `yaml:"bootstrap_server" json:"bootstrap_server"`
+	// BootstrapKeyword selects a static provisioning policy.
+	BootstrapKeyword string `yaml:"bootstrap_keyword" json:"bootstrap_keyword"`
+	// BootstrapCAFile verifies the provisioning endpoint (default ca_file).
+	BootstrapCAFile string `yaml:"bootstrap_ca_file" json:"bootstrap_ca_file"`
+	// CustomTopics maps device message names to custom topics, each
+	// "name=up|down|both:topic" (topic "user/x" means
+	// $oc/devices/{gateway}/user/x; "{gateway_id}" is replaced).
+	CustomTopics []string `yaml:"custom_topics" json:"custom_topics"`
 	// DeviceID is the gateway's device id on the platform.
 	DeviceID string `yaml:"device_id" json:"device_id"`
 	// Secret is the gateway's device secret (or use SecretFile).
@@ -194,6 +208,18 @@ type OTAConfig struct {
 	MaxAttempts int `yaml:"max_attempts" json:"max_attempts"`
 	// ProgressInterval throttles upgrade_progress_report per job.
 	ProgressInterval time.Duration `yaml:"progress_interval" json:"progress_interval"`
+	// RetryBackoff is the wait before a failed attempt is retried; it
+	// doubles per attempt, up to 32 times this value.
+	RetryBackoff time.Duration `yaml:"retry_backoff" json:"retry_backoff"`
+	// DownloadWorkers is the fixed number of concurrent package downloads.
+	DownloadWorkers int `yaml:"download_workers" json:"download_workers"`
+	// MaxJobs bounds unfinished jobs; upgrades beyond it fail at once.
+	MaxJobs int `yaml:"max_jobs" json:"max_jobs"`
+	// KeepFinished is how many finished jobs are kept for the admin API.
+	KeepFinished int `yaml:"keep_finished" json:"keep_finished"`
+	// Queue bounds each inbound queue of the OTA manager (platform events,
+	// device frames, connection changes).
+	Queue int `yaml:"queue" json:"queue"`
 }
 
 // AdminConfig is the admin HTTP endpoint.
@@ -265,6 +291,11 @@ func DefaultConfig() Config {
 			ApplyTimeout:     5 * time.Minute,
 			MaxAttempts:      3,
 			ProgressInterval: 5 * time.Second,
+			RetryBackoff:     10 * time.Second,
+			DownloadWorkers:  2,
+			MaxJobs:          100000,
+			KeepFinished:     10000,
+			Queue:            4096,
 		},
 		Admin: AdminConfig{Listen: "127.0.0.1:9100"},
 		Store: StoreConfig{Dir: "./data", CommitInterval: 2 * time.Millisecond},
@@ -475,10 +506,16 @@ func (c *Config) Validate() error {
 		add("gateway.shutdown_timeout", "must be positive")
 	}
 	nb := c.Northbound
-	if nb.Server == "" {
-		add("northbound.server", "required (tcp://host:1883 or ssl://host:8883); or run with -dev")
-	} else if u, err := url.Parse(nb.Server); err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl") || u.Host == "" {
-		add("northbound.server", "%q is not tcp://host:port or ssl://host:port", nb.Server)
+	if nb.Server == "" && nb.BootstrapServer == "" {
+		add("northbound.server", "required (tcp://host:1883 or ssl://host:8883, or northbound.bootstrap_server); or run with -dev")
+	}
+	for key, v := range map[string]string{"northbound.server": nb.Server, "northbound.bootstrap_server": nb.BootstrapServer} {
+		if u, err := url.Parse(v); v != "" && (err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl") || u.Host == "") {
+			add(key, "%q is not tcp://host:port or ssl://host:port", v)
+		}
+	}
+	if _, err := parseCustomTopics(nb.CustomTopics, "gw"); err != nil {
+		add("northbound.custom_topics", "%v", err)
 	}
 	if nb.DeviceID == "" {
 		add("northbound.device_id", "required")
@@ -583,6 +620,18 @@ func (c *Config) Validate() error {
 	}
 	if o.DownloadTimeout <= 0 || o.AckTimeout <= 0 || o.ApplyTimeout <= 0 || o.ProgressInterval < 0 {
 		add("ota.download_timeout", "download_timeout, ack_timeout and apply_timeout must be positive")
+	}
+	if o.RetryBackoff <= 0 {
+		add("ota.retry_backoff", "must be positive")
+	}
+	if o.DownloadWorkers < 1 || o.DownloadWorkers > 64 {
+		add("ota.download_workers", "must be 1..64")
+	}
+	if o.MaxJobs < 1 || o.KeepFinished < 0 {
+		add("ota.max_jobs", "max_jobs must be positive and keep_finished not negative")
+	}
+	if o.Queue < 16 {
+		add("ota.queue", "must be at least 16")
 	}
 	if c.Outbox.MaxBytes < 1<<20 {
 		add("outbox.max_bytes", "must be at least 1048576")

@@ -283,6 +283,17 @@ func (g *Gateway) sendErr(c *southbound.Conn, code frame.ErrorCode, seq uint32, 
 // per-device JSON fragment the publisher packs.
 func (g *Gateway) uplinkItem(deviceID string, f frame.Frame) (store.Item, error) {
 	it := store.Item{DeviceID: deviceID, Enqueued: g.now()}
+	if t, ok := g.custom.byName[f.Name]; ok && f.Type == frame.TypeMessage && t.up {
+		if !utf8.Valid(f.Content) {
+			return it, errors.New("message content must be UTF-8 (IoTDA payloads are UTF-8)")
+		}
+		payload, err := customUpPayload(deviceID, f)
+		if err != nil {
+			return it, err
+		}
+		it.Kind, it.Topic, it.Payload = store.KindCustom, t.topic, payload
+		return it, nil
+	}
 	switch f.Type {
 	case frame.TypeMessage:
 		if !utf8.Valid(f.Content) {

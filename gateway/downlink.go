@@ -33,6 +33,10 @@ func (g *Gateway) downlinkLoop(ctx context.Context) error {
 }
 
 func (g *Gateway) dispatch(m northbound.Message) {
+	if t, ok := g.custom.byTopic[m.Topic]; ok && t.down {
+		g.customDown(t, m)
+		return
+	}
 	dev, kind, rid, err := iotda.ParseTopic(m.Topic)
 	if err != nil || dev != g.gw {
 		g.m.downlink.WithLabelValues("unknown", "bad_topic").Inc()

@@ -60,14 +60,15 @@ type Gateway struct {
 	version string
 	start   time.Time
 
-	st    *store.Store
-	devs  *subdevice.Registry
-	north *northbound.Session
-	south *southbound.Server
-	adm   *admin.Server
-	gov   *governor
-	m     *gwMetrics
-	gw    string // the gateway's device id
+	st     *store.Store
+	devs   *subdevice.Registry
+	north  *northbound.Session
+	south  *southbound.Server
+	adm    *admin.Server
+	gov    *governor
+	m      *gwMetrics
+	gw     string // the gateway's device id
+	custom customTopics
 
 	ready   chan struct{}
 	upSig   chan struct{} // northbound came up (capacity 1)
@@ -134,6 +135,11 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	for i := range g.ctrl {
 		g.ctrl[i] = make(chan ctrlMsg, 4096)
 	}
+	ct, err := parseCustomTopics(cfg.Northbound.CustomTopics, g.gw)
+	if err != nil {
+		return nil, fmt.Errorf("northbound.custom_topics: %w", err)
+	}
+	g.custom = ct
 	return g, nil
 }
 
@@ -238,8 +244,20 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.log.Info("store loaded", "component", "gateway", "n", len(devs), "version", version)
 
 	nbc := g.cfg.Northbound
+	server := nbc.Server
+	if nbc.BootstrapServer != "" {
+		addr, err := g.bootstrap(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		server = accessServer(addr, nbc.BootstrapServer)
+	}
+	subs := append(iotda.Subscriptions(g.gw), g.custom.downTopics()...)
 	north, err := northbound.New(northbound.Config{
-		Server:             nbc.Server,
+		Server:             server,
 		DeviceID:           nbc.DeviceID,
 		Secret:             nbc.Secret.Reveal(),
 		CheckTimestamp:     nbc.CheckTimestamp,
@@ -252,7 +270,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		ConnectTimeout:     nbc.ConnectTimeout,
 		MinBackoff:         nbc.MinBackoff,
 		MaxBackoff:         nbc.MaxBackoff,
-		Subscriptions:      iotda.Subscriptions(g.gw),
+		Subscriptions:      subs,
 		DownlinkQueue:      nbc.DownlinkQueue,
 		OnUp:               g.onNorthUp,
 		OnDown:             g.onNorthDown,
@@ -364,7 +382,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	close(g.ready)
 	g.log.Info("gateway ready", "component", "gateway", "southbound", addrString(g.south.Addr()),
 		"southbound_tls", addrString(g.south.TLSAddr()),
-		"admin", addrString(g.AdminAddr()), "northbound", g.cfg.Northbound.Server, "device_id", g.gw)
+		"admin", addrString(g.AdminAddr()), "northbound", server, "device_id", g.gw)
 
 	var runErr error
 	select {

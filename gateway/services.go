@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/subgate/subgate/northbound"
 	"github.com/subgate/subgate/northbound/iotda"
 )
 
@@ -105,4 +107,70 @@ func (g *Gateway) logConnect() {
 		Timestamp: strconv.FormatInt(now.UnixMilli(), 10), Type: iotda.LogDeviceStatus,
 		Content: "connect complete, the server is " + g.cfg.Northbound.Server,
 	})
+}
+
+// bootstrapRecord is what the store keeps of a provisioning answer.
+type bootstrapRecord struct {
+	Server  string    `json:"server"`
+	Address string    `json:"address"`
+	At      time.Time `json:"at"`
+}
+
+const bootstrapKey = "bootstrap"
+
+// bootstrap returns the access address: the stored answer of the
+// configured provisioning service, or a new one asked for with backoff
+// until ctx ends (iotda-protocol §5.6).
+func (g *Gateway) bootstrap(ctx context.Context) (string, error) {
+	nbc := g.cfg.Northbound
+	if b, ok, err := g.st.Meta(bootstrapKey); err == nil && ok {
+		var rec bootstrapRecord
+		if json.Unmarshal(b, &rec) == nil && rec.Server == nbc.BootstrapServer && rec.Address != "" {
+			g.log.Info("using the stored bootstrap answer", "component", "gateway", "address", rec.Address)
+			return rec.Address, nil
+		}
+	}
+	ca := nbc.BootstrapCAFile
+	if ca == "" {
+		ca = nbc.CAFile
+	}
+	cfg := northbound.Config{
+		Server: nbc.BootstrapServer, DeviceID: nbc.DeviceID, Secret: nbc.Secret.Reveal(),
+		CheckTimestamp: nbc.CheckTimestamp, CAFile: ca, InsecureSkipVerify: nbc.InsecureSkipVerify,
+		CertFile: nbc.CertFile, KeyFile: nbc.KeyFile, KeepAlive: nbc.KeepAlive, ConnectTimeout: nbc.ConnectTimeout,
+		Now: g.now,
+	}
+	wait := nbc.MinBackoff
+	for {
+		g.log.Info("asking the provisioning service for the access address", "component", "gateway",
+			"server", nbc.BootstrapServer)
+		res, err := northbound.Bootstrap(ctx, cfg, nbc.BootstrapKeyword, 30*time.Second, g.log)
+		if err == nil {
+			rec, _ := json.Marshal(bootstrapRecord{Server: nbc.BootstrapServer, Address: res.Address, At: g.now()})
+			if perr := g.st.PutMeta(ctx, bootstrapKey, rec); perr != nil {
+				g.log.Warn("saving the bootstrap answer failed", "component", "gateway", "err", perr)
+			}
+			g.log.Info("bootstrap answered", "component", "gateway", "address", res.Address)
+			return res.Address, nil
+		}
+		g.log.Warn("bootstrap failed", "component", "gateway", "err", err, "retry_in", wait)
+		if !sleepCtx(ctx, wait) {
+			return "", ctx.Err()
+		}
+		wait = min(2*wait, nbc.MaxBackoff)
+	}
+}
+
+// accessServer turns a provisioning answer's host:port into a server URL:
+// port 1883 is plain MQTT and 8883 TLS (iotda-protocol §1.1); any other
+// port keeps the provisioning endpoint's own scheme.
+func accessServer(addr, bootstrapServer string) string {
+	switch {
+	case strings.HasSuffix(addr, ":1883"):
+		return "tcp://" + addr
+	case strings.HasSuffix(addr, ":8883"), !strings.HasPrefix(bootstrapServer, "tcp://"):
+		return "ssl://" + addr
+	default:
+		return "tcp://" + addr
+	}
 }

@@ -42,18 +42,18 @@ var ErrConflict = errors.New("admin: conflict")
 // OTAJob is one sub-device upgrade job as the API shows it. The package's
 // access token is never shown.
 type OTAJob struct {
-	ID         string    `json:"id"`
-	DeviceID   string    `json:"device_id"`
-	EventType  string    `json:"event_type"`
-	TaskID     string    `json:"task_id,omitempty"`
-	Version    string    `json:"version"`
-	FileName   string    `json:"file_name,omitempty"`
-	Size       int64     `json:"size"`
-	Sign       string    `json:"sign,omitempty"`
-	State      string    `json:"state"`
-	Offset     int64     `json:"offset"`
-	Attempts   int       `json:"attempts"`
-	ResultCode int       `json:"result_code"`
+	ID         string `json:"id"`
+	DeviceID   string `json:"device_id"`
+	EventType  string `json:"event_type"`
+	TaskID     string `json:"task_id,omitempty"`
+	Version    string `json:"version"`
+	FileName   string `json:"file_name,omitempty"`
+	Size       int64  `json:"size"`
+	Sign       string `json:"sign,omitempty"`
+	State      string `json:"state"`
+	Offset     int64  `json:"offset"`
+	Attempts   int    `json:"attempts"`
+	ResultCode int    `json:"result_code"`
 	// Description says why a job failed or what it waits for.
 	Description string    `json:"description,omitempty"`
 	Created     time.Time `json:"created"`

@@ -94,6 +94,11 @@ type Config struct {
 	// (nil = time.Now). It is called from several goroutines and must be
 	// safe for concurrent use. Timeouts of waits use contexts, not Clock.
 	Clock func() time.Time
+	// BootstrapAddress, when set, makes the simulator also play the
+	// device provisioning service: a publish on sys/bootstrap/up is answered
+	// on sys/bootstrap/down with {"address": BootstrapAddress}
+	// (iotda-protocol §5.6).
+	BootstrapAddress string
 	// Logger receives the simulator's and the broker's logs (nil = discard).
 	Logger *slog.Logger
 }

@@ -102,7 +102,15 @@ func (s *Sim) handle(u uplink) []out {
 	case iotda.KindShadowGet:
 		return s.shadowGetLocked(g, u, rid)
 	case iotda.KindBootstrapUp:
-		s.errorfLocked(u.gw, "bootstrap request sent to the IoTDA endpoint, not the bootstrap server (iotda-protocol §5.6)")
+		if s.cfg.BootstrapAddress == "" {
+			s.errorfLocked(u.gw, "bootstrap request sent to the IoTDA endpoint, not the bootstrap server (iotda-protocol §5.6)")
+			return nil
+		}
+		// Playing the provisioning service: answer with the access address
+		// (iotda-protocol §5.6).
+		b, _ := json.Marshal(map[string]string{"address": s.cfg.BootstrapAddress})
+		s.recordMessageLocked(Message{Gateway: u.gw, DeviceID: u.gw, Content: u.payload, Topic: u.topic, At: u.at})
+		return []out{{topic: iotda.TopicBootstrapDown(u.gw), payload: b}}
 	default:
 		s.errorfLocked(u.gw, "device published on downstream topic %q", u.topic)
 	}
