@@ -64,7 +64,10 @@ func (g *Gateway) Login(c *southbound.Conn, hello frame.Frame) error {
 // bind records c as the live connection of deviceID.
 func (g *Gateway) bind(c *southbound.Conn, deviceID string) {
 	c.SetDeviceID(deviceID)
-	g.conns.Store(c, &connState{})
+	if !c.Native() {
+		// Only the demo flow needs per-connection gateway state.
+		g.conns.Store(c, &connState{})
+	}
 	g.live.Store(deviceID, c)
 }
 
@@ -184,14 +187,14 @@ func (g *Gateway) Logout(c *southbound.Conn, reason error) {
 
 // Frame handles one frame of a logged-in device, in order per connection.
 func (g *Gateway) Frame(c *southbound.Conn, f frame.Frame) {
-	st, _ := g.conns.Load(c)
-	cs, _ := st.(*connState)
 	id := c.DeviceID()
 	dev, registered := g.devs.ByID(id)
 	if registered {
 		g.devs.Update(id, func(d *subdevice.Device) { d.LastSeen = g.now() })
 	}
 	if !c.Native() {
+		st, _ := g.conns.Load(c)
+		cs, _ := st.(*connState)
 		g.demoFrame(c, cs, f, dev, registered)
 		return
 	}

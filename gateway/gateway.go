@@ -70,10 +70,13 @@ type Gateway struct {
 	gw     string // the gateway's device id
 	custom customTopics
 
-	ready   chan struct{}
-	upSig   chan struct{} // northbound came up (capacity 1)
-	epoch   atomic.Uint64 // bumps on every northbound connect
-	stopped atomic.Bool
+	ready chan struct{}
+	upSig chan struct{} // northbound came up (capacity 1)
+	epoch atomic.Uint64 // bumps on every northbound connect and loss
+	// replayGate is the epoch whose after-connect messages (sync, statuses)
+	// are queued; the outbox replay waits for it (issue 4 order).
+	replayGate atomic.Uint64
+	stopped    atomic.Bool
 
 	corr   *correlator
 	status *statusReporter
@@ -466,7 +469,9 @@ func (g *Gateway) housekeeping(ctx context.Context) error {
 			return nil
 		case <-g.upSig:
 			connects++
+			e := g.epoch.Load()
 			g.afterConnect(connects > 1, graceOver)
+			g.replayGate.Store(e)
 		case <-grace.C:
 			graceOver = true
 			if g.north.Connected() {

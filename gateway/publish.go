@@ -155,6 +155,16 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			}
 			continue
 		}
+		if g.replayGate.Load() != g.epoch.Load() {
+			// The after-connect messages of this connection are not queued
+			// yet: they go first.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
 		if e := g.epoch.Load(); e != epoch {
 			// New connection: replay from the start of the outbox.
 			epoch, cursor = e, 0

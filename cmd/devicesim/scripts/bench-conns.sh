@@ -42,6 +42,9 @@
 #   SRC [127.0.0.2-127.0.0.254]  devicesim source addresses
 #   GW_GOGC []           GOGC for the gateway (empty: Go's default, 100)
 #   GW_GOMEMLIMIT []     GOMEMLIMIT for the gateway, e.g. 200MiB (empty: none)
+#   GW_GODEBUG []        GODEBUG for the gateway, e.g. memprofilerate=1 for an
+#                        exact heap PROFILE (slower; the figures then include
+#                        the profiler's own records)
 #   SB_ADDR [127.0.0.1:18081] ADMIN_ADDR [127.0.0.1:19100] SIM_ADDR [127.0.0.1:18830]
 #   READY_TIMEOUT [60]   seconds to wait for /readyz
 #   SESSIONS_TIMEOUT [600] seconds to wait for N sessions
@@ -60,6 +63,7 @@ CONNECT_RATE=${CONNECT_RATE:-1000}
 SRC=${SRC:-127.0.0.2-127.0.0.254}
 GW_GOGC=${GW_GOGC:-}
 GW_GOMEMLIMIT=${GW_GOMEMLIMIT:-}
+GW_GODEBUG=${GW_GODEBUG:-}
 SB_ADDR=${SB_ADDR:-127.0.0.1:18081}
 ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:19100}
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:18830}
@@ -221,12 +225,13 @@ gw_env=(
 )
 [[ -n $GW_GOGC ]] && gw_env+=(GOGC="$GW_GOGC")
 [[ -n $GW_GOMEMLIMIT ]] && gw_env+=(GOMEMLIMIT="$GW_GOMEMLIMIT")
+[[ -n $GW_GODEBUG ]] && gw_env+=(GODEBUG="$GW_GODEBUG")
 
 say "starting the gateway (codec $CODEC, auth $AUTH, GOGC=${GW_GOGC:-default} GOMEMLIMIT=${GW_GOMEMLIMIT:-none})"
 (
 	cd "$tmp"
 	# The secret is in the environment, never in argv.
-	exec env -u GOGC -u GOMEMLIMIT "${gw_env[@]}" "$root/bin/subgate"
+	exec env -u GOGC -u GOMEMLIMIT -u GODEBUG "${gw_env[@]}" "$root/bin/subgate"
 ) >"$tmp/gateway.out" 2>"$tmp/gateway.log" &
 gw_pid=$!
 

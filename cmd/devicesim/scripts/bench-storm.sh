@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# bench-storm.sh runs a reconnect storm at full scale (issue 5, done-when 2):
+# RECORDS sub-devices known to the platform and to the gateway's store, the
+# gateway restarted, then CONNECT of them reconnecting at once. It prints
+#
+#   ready_ms           gateway process start -> /readyz 200 with RECORDS records
+#   converged_s        restart -> the simulator shows exactly the connected
+#                      devices ONLINE and every other one OFFLINE
+#   rereported_s       restart -> every known device's state re-reported
+#   status_messages, status_entries, max_entries_per_message,
+#   max_entries_per_second (sliding one-second window at the simulator)
+#
+# Steps: the simulator (its own process, so that platform state survives the
+# gateway restart) gets RECORDS devices by bulk add, OFFLINE as after an
+# earlier run; a preparation run of the gateway learns them by sync (its
+# startup grace is set long so that it reports nothing) and stops; the
+# measured run starts with the production status settings (rate 150/s,
+# debounce 1 s, startup grace 10 s) and CONNECT devices reconnect
+# (devicesim, PROCS processes, source addresses spread over SRC). The
+# gateway holds CONNECT sockets: keep CONNECT under its open files limit
+# (20,000 here).
+#
+# Environment (defaults in brackets):
+#   RECORDS [50000] CONNECT [19000] PROCS [2] CONNECT_RATE [2000]
+#   SRC [127.0.0.2-127.0.0.254]
+#   MQTT_ADDR [127.0.0.1:28831] LOAD_ADDR [127.0.0.1:28092]
+#   SB_ADDR [127.0.0.1:28082] ADMIN_ADDR [127.0.0.1:29101]
+#   SYNC_TIMEOUT [120] CONVERGE_TIMEOUT [480]   seconds
+#   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
+set -euo pipefail
+
+RECORDS=${RECORDS:-50000}
+CONNECT=${CONNECT:-19000}
+PROCS=${PROCS:-2}
+CONNECT_RATE=${CONNECT_RATE:-2000}
+SRC=${SRC:-127.0.0.2-127.0.0.254}
+MQTT_ADDR=${MQTT_ADDR:-127.0.0.1:28831}
+LOAD_ADDR=${LOAD_ADDR:-127.0.0.1:28092}
+SB_ADDR=${SB_ADDR:-127.0.0.1:28082}
+ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:29101}
+SYNC_TIMEOUT=${SYNC_TIMEOUT:-120}
+CONVERGE_TIMEOUT=${CONVERGE_TIMEOUT:-480}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_LOGS=${KEEP_LOGS:-0}
+GW=storm-gw
+GW_SECRET=storm-gw-secret
+PRODUCT=stormprod
+PREFIX=storm
+
+say() { echo "bench-storm: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+for v in RECORDS CONNECT PROCS CONNECT_RATE SYNC_TIMEOUT CONVERGE_TIMEOUT; do
+	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+done
+((RECORDS >= 1 && RECORDS <= 50000)) || die "RECORDS must be in [1, 50000] (IoTDA's per-gateway maximum)"
+((CONNECT >= 1 && CONNECT <= RECORDS && PROCS >= 1 && PROCS <= CONNECT)) || die "need 1 ≤ CONNECT ≤ RECORDS and 1 ≤ PROCS ≤ CONNECT"
+command -v curl >/dev/null || die "curl is needed"
+command -v jq >/dev/null || die "jq is needed"
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+ulimit -n "$(ulimit -Hn)"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-storm.XXXXXX")
+BIN=${BIN:-$tmp/bin}
+sim_pid="" gw_pid="" dev_pids=()
+
+stop_pid() { # stop_pid PID SIGNAL: signal, wait at most 30 s, then kill
+	local pid=$1 sig=$2 i
+	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+	kill "-$sig" "$pid" 2>/dev/null || true
+	for ((i = 0; i < 300; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -0 "$pid" 2>/dev/null && { say "process $pid did not stop in 30s: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
+	wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
+	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
+	[[ -n $sim_pid ]] && stop_pid "$sim_pid" TERM
+	if ((rc != 0)); then
+		for f in gateway.log iotdasim.log; do
+			[[ -f $tmp/$f ]] && { say "last lines of $f:"; tail -n 15 "$tmp/$f" >&2; }
+		done
+	fi
+	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then say "logs kept in $tmp"; else rm -rf "$tmp"; fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ $SKIP_BUILD == 1 ]]; then
+	for b in subgate iotdasim devicesim; do [[ -x $BIN/$b ]] || die "SKIP_BUILD=1 but $BIN/$b is missing"; done
+else
+	say "building into $BIN"
+	mkdir -p "$BIN"
+	(cd "$root" && go build -o "$BIN/subgate" ./cmd/subgate && go build -o "$BIN/iotdasim" ./cmd/iotdasim &&
+		go build -o "$BIN/devicesim" ./cmd/devicesim)
+fi
+
+now_ms() { date +%s%3N; }
+ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true) == 200 ]]; }
+wait_http() { # wait_http URL SECONDS PID: until URL answers 200
+	local i
+	for ((i = 0; i < $2 * 20; i++)); do
+		kill -0 "$3" 2>/dev/null || die "process $3 exited (waiting for $1)"
+		ready "$1" && return 0
+		sleep 0.05
+	done
+	die "$1 did not answer 200 within $2 s"
+}
+
+# start_gateway LOGNAME [VAR=VALUE...]: the gateway on the kept store.
+start_gateway() {
+	local log=$1
+	shift
+	(
+		cd "$tmp"
+		exec env SUBGATE_NORTHBOUND_SERVER="tcp://$MQTT_ADDR" SUBGATE_NORTHBOUND_DEVICE_ID="$GW" \
+			SUBGATE_NORTHBOUND_SECRET="$GW_SECRET" SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" \
+			SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_AUTH=open SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
+			SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID="$PRODUCT" SUBGATE_STORE_DIR="$tmp/data" \
+			SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" SUBGATE_LOG_LEVEL=info "$@" "$BIN/subgate"
+	) >"$tmp/$log.out" 2>"$tmp/$log.log" &
+	gw_pid=$!
+}
+
+say "starting the simulator on $MQTT_ADDR (load API $LOAD_ADDR)"
+"$BIN/iotdasim" -listen "$MQTT_ADDR" -http "" -load-http "$LOAD_ADDR" -device "$GW:$GW_SECRET" \
+	-log-level WARN >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
+sim_pid=$!
+wait_http "http://$LOAD_ADDR/api/load/status?gateway=$GW" 20 "$sim_pid"
+added=$(curl -s -X POST "http://$LOAD_ADDR/api/load/devices" \
+	-d "{\"gateway\":\"$GW\",\"product_id\":\"$PRODUCT\",\"prefix\":\"$PREFIX\",\"count\":$RECORDS,\"status\":\"OFFLINE\"}")
+[[ $(echo "$added" | jq .added) == "$RECORDS" ]] || die "bulk add failed: $added"
+say "simulator holds $RECORDS sub-devices (list version $(echo "$added" | jq .version))"
+
+say "preparation run: the gateway learns the records by sync"
+start_gateway prep SUBGATE_SUBDEVICE_STARTUP_GRACE=1h
+wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
+start=$SECONDS
+while :; do
+	total=$(curl -s --max-time 5 "http://$ADMIN_ADDR/api/v1/devices?limit=1" | jq '.total // 0')
+	((total >= RECORDS)) && break
+	((SECONDS - start < SYNC_TIMEOUT)) || die "the gateway has $total of $RECORDS records after ${SYNC_TIMEOUT}s"
+	sleep 0.5
+done
+say "gateway has $RECORDS records after $((SECONDS - start))s; stopping it"
+stop_pid "$gw_pid" TERM
+gw_pid=""
+
+# The measured run: production status settings.
+since=$(now_ms)
+t0=$(now_ms)
+start_gateway run
+wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
+ready_ms=$(($(now_ms) - t0))
+say "gateway ready ${ready_ms} ms after start with $RECORDS records; $CONNECT devices reconnect"
+
+per=$((CONNECT / PROCS)) offset=0
+for ((p = 0; p < PROCS; p++)); do
+	n=$per
+	((p == PROCS - 1)) && n=$((CONNECT - offset))
+	"$BIN/devicesim" -addr "$SB_ADDR" -codec binary -n "$n" -offset "$offset" -prefix "$PREFIX" \
+		-src "$SRC" -connect-rate "$CONNECT_RATE" -max-pending 2000 -hold "$((CONVERGE_TIMEOUT + 120))s" \
+		-duration "$((CONVERGE_TIMEOUT + 180))s" -report 0 >"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
+	dev_pids+=($!)
+	offset=$((offset + n))
+done
+
+status_url="http://$LOAD_ADDR/api/load/status?gateway=$GW&since=$since&prefix=$PREFIX&from=0&to=$CONNECT"
+others=$((RECORDS - CONNECT))
+converged="" rereported="" sessions_at=""
+start_ms=$t0
+while :; do
+	s=$(curl -s --max-time 5 "$status_url")
+	on=$(echo "$s" | jq '.matching.ONLINE // 0')
+	off=$(echo "$s" | jq '.others.OFFLINE // 0')
+	entries=$(echo "$s" | jq .reports.entries)
+	el=$((($(now_ms) - start_ms) / 1000))
+	if [[ -z $sessions_at ]]; then
+		sess=$(curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" | awk '$1 == "subgate_southbound_sessions" { printf "%d", $2 }')
+		((${sess:-0} >= CONNECT)) && { sessions_at=$el; say "all $CONNECT devices connected after ${el}s"; }
+	fi
+	if [[ -z $converged ]] && ((on == CONNECT && off == others)); then
+		converged=$el
+		converged_report=$s
+		say "converged after ${el}s: $on ONLINE, $off OFFLINE"
+	fi
+	if [[ -z $rereported ]] && ((entries >= RECORDS)); then rereported=$el; fi
+	[[ -n $converged && -n $rereported ]] && break
+	((el % 15 == 0)) && say "t=${el}s ONLINE $on/$CONNECT, others OFFLINE $off/$others, status entries $entries"
+	kill -0 "$gw_pid" 2>/dev/null || die "the gateway exited"
+	((el < CONVERGE_TIMEOUT)) || { say "timeout after ${CONVERGE_TIMEOUT}s"; break; }
+	sleep 1
+done
+final=$(curl -s "$status_url")
+gw_rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$gw_pid/status")
+
+echo "records=$RECORDS connected=$CONNECT ready_ms=$ready_ms devices_connected_s=${sessions_at:-timeout}"
+echo "converged_s=${converged:-timeout} rereported_s=${rereported:-timeout}"
+[[ -n $converged ]] && echo "$converged_report" | jq -r '"at convergence: status_messages=\(.reports.messages) status_entries=\(.reports.entries) max_entries_per_message=\(.reports.max_entries) max_entries_per_second=\(.reports.max_entries_per_second)"'
+echo "$final" | jq -r '"final: status_messages=\(.reports.messages) status_entries=\(.reports.entries) max_entries_per_message=\(.reports.max_entries) max_entries_per_second=\(.reports.max_entries_per_second) by_status=\(.by_status|tostring) protocol_errors=\(.errors)"'
+echo "gateway_rss_kib=$gw_rss"
+[[ -n $converged ]] || exit 1
