@@ -150,8 +150,9 @@ func failure(k reqKind, why string) []byte {
 		v = iotda.PropertySetResponse{ResultCode: resultFailed, ResultDesc: why}
 	case kindPropGet:
 		// The get response has no result code (§2.5): an empty services
-		// list is the documented way to say nothing is known.
-		v = map[string]any{"services": []any{}, "result_code": resultFailed, "result_desc": why}
+		// list, in exactly the documented shape, says nothing is known
+		// (decisions D9). The reason is in the gateway's log and metrics.
+		v = iotda.PropertyGetResponse{Services: []iotda.Service{}}
 	}
 	b, _ := json.Marshal(v)
 	return b

@@ -53,6 +53,8 @@ const (
 const (
 	maxMaxFrame    = 16 << 20
 	maxMaxOutbound = 256 << 20
+	// maxRateBurst keeps a full bucket exact in Conn's float32 counter.
+	maxRateBurst = 1 << 24
 	maxWorkers     = 4096
 	maxLoops       = 1024
 	maxWorkerQueue = 1 << 20
@@ -289,8 +291,8 @@ func (c *Config) validate() error {
 		return configErr("idle_timeout", "%v is too short", c.IdleTimeout)
 	case c.RatePerSec < 0:
 		return configErr("rate_per_sec", "must not be negative, got %v", c.RatePerSec)
-	case c.RateBurst < 0:
-		return configErr("rate_burst", "must not be negative, got %d", c.RateBurst)
+	case c.RateBurst < 0 || c.RateBurst > maxRateBurst:
+		return configErr("rate_burst", "%d out of range 0-%d", c.RateBurst, maxRateBurst)
 	case c.RateStrikes < 1 || c.RateStrikes > maxStrikes:
 		return configErr("rate_strikes", "%d out of range 1-%d", c.RateStrikes, maxStrikes)
 	case c.MaxOutbound < c.MaxFrame || c.MaxOutbound > maxMaxOutbound:

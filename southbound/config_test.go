@@ -50,6 +50,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative idle timeout", func(c *Config) { c.IdleTimeout = -time.Second }, "southbound.idle_timeout"},
 		{"negative rate", func(c *Config) { c.RatePerSec = -1 }, "southbound.rate_per_sec"},
 		{"negative burst", func(c *Config) { c.RateBurst = -1 }, "southbound.rate_burst"},
+		{"huge burst", func(c *Config) { c.RateBurst = maxRateBurst + 1 }, "southbound.rate_burst"},
 		{"outbound below frame", func(c *Config) { c.MaxOutbound = 100 }, "southbound.max_outbound"},
 		{"bad second login", func(c *Config) { c.SecondLogin = "both" }, "southbound.second_login"},
 		{"bad frames overflow", func(c *Config) { c.MaxBadFrames = 1 << 20 }, "southbound.max_bad_frames"},

@@ -84,7 +84,7 @@ func FuzzConsume(f *testing.F) {
 	f.Fuzz(func(t *testing.T, which uint8, split uint16, data []byte) {
 		s := servers[fuzzCodecs[int(which)%len(fuzzCodecs)]]
 		tr := &recordTransport{}
-		c := &Conn{s: s, tr: tr, w: newWorker(s), id: 1, remote: "127.0.0.1:1"}
+		c := &Conn{tr: tr, w: newWorker(s), id: 1, remote: "127.0.0.1:1"}
 		cut := min(int(split), len(data))
 		var buf []byte
 		for _, chunk := range [][]byte{data[:cut], data[cut:]} {
@@ -117,7 +117,7 @@ func BenchmarkConsume(b *testing.B) {
 				b.Fatal(err)
 			}
 			w := newWorker(s)
-			c := &Conn{s: s, tr: &recordTransport{}, w: w, id: 1, remote: "127.0.0.1:1"}
+			c := &Conn{tr: &recordTransport{}, w: w, id: 1, remote: "127.0.0.1:1"}
 			c.phase.Store(phaseBound)
 			buf, err := s.codec.AppendEncode(nil, report)
 			if err != nil {

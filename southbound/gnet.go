@@ -151,7 +151,7 @@ func (t *gnetTransport) write(b []byte, cb func(error)) error {
 // checkOutbound cuts off a device whose unsent bytes in gnet's buffer
 // exceed MaxOutbound. Runs on the loop.
 func (t *gnetTransport) checkOutbound(gc gnet.Conn) {
-	s := t.c.s
+	s := t.c.srv()
 	if gc.OutboundBuffered() <= s.cfg.MaxOutbound {
 		return
 	}

@@ -75,6 +75,7 @@ type Server struct {
 	now     func() time.Time
 
 	workers []*worker
+	stripes [64]stripe // Conn.ilock
 	nextID  atomic.Uint64
 	open    atomic.Int64
 	nbound  atomic.Int64
@@ -353,7 +354,6 @@ func (s *Server) admit(remote string, tr transport) (*Conn, frame.ErrorCode, str
 	id := s.nextID.Add(1)
 	now := s.now().UnixNano()
 	c := &Conn{
-		s:      s,
 		tr:     tr,
 		w:      s.workers[id%uint64(len(s.workers))],
 		id:     id,
@@ -561,6 +561,9 @@ func (s *Server) login(c *Conn, hello frame.Frame) bool {
 		case !ok || c.nonce == nil || hello.Proof == "" || !frame.CheckProof(secret, c.nonce[:], node, hello.Proof):
 			return s.refuse(c, "", rjAuthFailed, frame.CodeAuthFailed, "authentication failed", node)
 		}
+		// The nonce is spent: a second hello is refused before it gets
+		// here, so it need not live as long as the connection.
+		c.nonce = nil
 	}
 	if s.allow != nil {
 		if _, ok := s.allow[node]; !ok {
@@ -711,6 +714,13 @@ func (s *Server) sweep(now int64) {
 			_ = a.c.Send(frame.Frame{Type: frame.TypePing})
 		}
 	}
+}
+
+// stripe is one of the Server's striped locks (Conn.ilock), padded to its
+// own cache line.
+type stripe struct {
+	mu sync.Mutex
+	_  [56]byte
 }
 
 // connTable holds every open connection for the sweeper and shutdown,

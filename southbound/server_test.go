@@ -236,7 +236,9 @@ func TestTokenAuth(t *testing.T) {
 	if w, err := good.Hello(ctx); err != nil || w.DeviceID != "dev-node7" {
 		t.Fatalf("hello with the right secret: %+v, %v", w, err)
 	}
-	hs.h.expect(t, "login")
+	if in := hs.h.expect(t, "login"); in.c.nonce != nil {
+		t.Fatal("the challenge nonce outlives the login")
+	}
 
 	// Wrong secret, and a node id without a secret.
 	for _, o := range []southboundtest.Options{
@@ -787,6 +789,13 @@ func TestSendThen(t *testing.T) {
 	}
 	if f := recv(t, c); f.Type != frame.TypeAck || f.Seq != 5 {
 		t.Fatalf("got %v %d", f.Type, f.Seq)
+	}
+	mu := in.c.ilock()
+	mu.Lock()
+	left := in.c.pending
+	mu.Unlock()
+	if left != nil {
+		t.Fatalf("%d callbacks still waiting, or an empty table kept, after the last one ran", len(left))
 	}
 	if err := in.c.SendThen(frame.Frame{Type: frame.TypeOTAChunk}, func(error) { t.Error("done called for a failed send") }); err == nil {
 		t.Fatal("SendThen of an invalid frame succeeded")

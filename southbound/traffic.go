@@ -171,15 +171,17 @@ func (s *Server) badFrame(c *Conn, code frame.ErrorCode, reason string, seq uint
 func (s *Server) takeToken(c *Conn) bool {
 	now := s.now().UnixNano()
 	burst := float64(s.cfg.RateBurst)
+	tokens := float64(c.tokens)
 	if c.tokensAt == 0 {
-		c.tokens = burst
+		tokens = burst
 	} else if dt := now - c.tokensAt; dt > 0 {
-		c.tokens = min(burst, c.tokens+float64(dt)*s.cfg.RatePerSec/1e9)
+		tokens = min(burst, tokens+float64(dt)*s.cfg.RatePerSec/1e9)
 	}
 	c.tokensAt = now
-	if c.tokens < 1 {
+	if tokens < 1 {
+		c.tokens = float32(tokens)
 		return false
 	}
-	c.tokens--
+	c.tokens = float32(tokens - 1)
 	return true
 }

@@ -64,6 +64,7 @@ type config struct {
 	MsgRate        float64 // property reports per second per device (0 = none)
 	Payload        int     // bytes of the reported property value
 	Ack            bool    // ask for acks (seq) and measure their latency
+	Counter        bool    // number each device's reports in property "n" (counter.go)
 	Window         int     // reports waiting for an ack, per device
 	Answer         bool    // answer commands and property set/get
 	Hold           time.Duration
@@ -71,6 +72,7 @@ type config struct {
 	Duration       time.Duration
 	Report         time.Duration // progress line interval (0 = none)
 	RecvQueue      int           // frames buffered per device before reading stops
+	Flood          floodConfig   // -flood attackers (flood.go); off when it has no kinds
 }
 
 // validate checks c and reports the first problem.
@@ -78,8 +80,8 @@ func (c *config) validate() error {
 	switch {
 	case c.Addr == "":
 		return usagef("-addr is empty")
-	case c.N < 1 || c.N > maxDevices:
-		return usagef("-n must be in [1, %d], got %d", maxDevices, c.N)
+	case c.N < 0 || c.N > maxDevices || c.N == 0 && !c.Flood.enabled():
+		return usagef("-n must be in [1, %d] (0 with -flood), got %d", maxDevices, c.N)
 	case c.Offset < 0 || c.Offset > maxDevices*1000:
 		return usagef("-offset must be in [0, %d], got %d", maxDevices*1000, c.Offset)
 	case c.ConnectRate < 0 || c.ConnectRate > maxConnectRate || math.IsNaN(c.ConnectRate):
@@ -121,12 +123,17 @@ func (c *config) validate() error {
 			return usagef("-ack needs a native codec (jsonl or binary)")
 		case c.Answer:
 			return usagef("-answer needs a native codec (jsonl or binary)")
+		case c.Counter:
+			return usagef("-counter needs a native codec (jsonl or binary)")
 		case c.Secret != nil:
 			return usagef("token auth needs a native codec (jsonl or binary)")
 		}
 	}
+	if err := c.Flood.validate(codec.Native()); err != nil {
+		return err
+	}
 	for _, i := range []int{0, c.N - 1} {
-		if err := subdevice.ValidateNodeID(c.nodeID(i)); err != nil {
+		if err := subdevice.ValidateNodeID(c.nodeID(i)); c.N > 0 && err != nil {
 			return usagef("-prefix/-offset: %v", err)
 		}
 	}

@@ -5,6 +5,7 @@
 //
 //	devicesim -addr 127.0.0.1:8081 -codec binary -n 10000 -hold 60s
 //	devicesim -n 5000 -offset 5000 -msg-rate 0.1 -ack     # a second process, disjoint node ids
+//	devicesim -n 5000 -msg-rate 0.5 -ack -counter         # reports numbered per device in property "n"
 //
 // Device i of a process has node id <prefix><offset+i>, so several
 // processes with disjoint -offset ranges share one run. Each device
@@ -34,6 +35,12 @@
 // Per-device memory is kept small: a receive queue of -recv-queue frames,
 // the client's 4 KiB read buffer and an ack window of -window slots.
 //
+// Flood: -flood churn,oversize,garbage,slow,halfopen,badauth (or all)
+// adds -flood-n attackers per kind next to the devices (-n 0: attackers
+// only), opening at most -flood-rate connections per second for
+// -flood-duration; a "devicesim-flood:" line per kind counts the error
+// frames the gateway answered and the connections it cut (flood.go).
+//
 // Exit status: 0, 1 when -strict and some device did not connect (or
 // the run could not start), 2 for bad flags.
 package main
@@ -46,6 +53,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -100,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	fs.Float64Var(&c.MsgRate, "msg-rate", 0, "property reports per second per device, fractional ok (0: none)")
 	fs.IntVar(&c.Payload, "payload", 64, "bytes of the reported property value (a string)")
 	fs.BoolVar(&c.Ack, "ack", false, "ask for acks (seq) and measure their latency")
+	fs.BoolVar(&c.Counter, "counter", false, "add property \"n\" to each report: 1, 2, 3... per device (platform-side loss and order checks)")
 	fs.IntVar(&c.Window, "window", 16, "with -ack: reports waiting for an ack per device; a full window skips reports")
 	fs.BoolVar(&c.Answer, "answer", false, "answer commands and property set/get with success")
 	fs.DurationVar(&c.Hold, "hold", 30*time.Second, "keep the devices connected this long after all connected")
@@ -110,6 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	fs.Uint64Var(&o.maxFDs, "max-fds", 0, "cap -n to this many open files (0: RLIMIT_NOFILE)")
 	fs.BoolVar(&o.json, "json", false, "print the summary as JSON")
 	fs.BoolVar(&o.strict, "strict", false, "exit 1 if any device did not connect")
+	registerFloodFlags(fs, &c.Flood)
 	if err := fs.Parse(args); err != nil {
 		return c, o, err
 	}
@@ -162,6 +172,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "devicesim: warning: cannot read RLIMIT_NOFILE, -n is not capped: %v\n", err)
 		}
 	}
+	if limit > 0 && cfg.Flood.enabled() {
+		// The attackers' sockets come out of the same allowance.
+		limit -= min(limit, cfg.Flood.fds())
+	}
 	if n, capped := capDevices(cfg.N, limit); capped {
 		if n < 1 {
 			fmt.Fprintf(stderr, "devicesim: an open-file limit of %d leaves no room for devices\n", limit)
@@ -171,13 +185,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cfg.N = n
 	}
 
-	s, err := newSim(cfg, stderr)
+	fl, err := newFlood(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "devicesim: starting n=%d addr=%s codec=%s nodes=%s..%s\n", cfg.N, cfg.Addr, cfg.Codec, cfg.nodeID(0), cfg.nodeID(cfg.N-1))
-	sum := s.run(ctx)
+	var s *sim
+	if cfg.N > 0 {
+		if s, err = newSim(cfg, stderr); err != nil {
+			fmt.Fprintln(stderr, err)
+			return exitUsage
+		}
+	}
+	// The flood runs next to the devices; each prints its summary.
+	var floodSums []FloodSummary
+	var attackers sync.WaitGroup
+	if fl != nil {
+		fmt.Fprintf(stderr, "devicesim: flooding kinds=%d attackers=%d rate=%v/s for %s\n", len(cfg.Flood.Kinds), cfg.Flood.N, cfg.Flood.Rate, cfg.Flood.Duration)
+		attackers.Go(func() { floodSums = fl.run(ctx) })
+	}
+	code := exitOK
+	if s != nil {
+		fmt.Fprintf(stderr, "devicesim: starting n=%d addr=%s codec=%s nodes=%s..%s\n", cfg.N, cfg.Addr, cfg.Codec, cfg.nodeID(0), cfg.nodeID(cfg.N-1))
+		code = report(s.run(ctx), o, stdout, stderr)
+	}
+	attackers.Wait()
+	if fl != nil {
+		if err := printFlood(stdout, floodSums, o.json); err != nil {
+			fmt.Fprintln(stderr, "devicesim:", err)
+			return exitFailed
+		}
+	}
+	return code
+}
+
+// report prints the devices' summary and returns the exit code.
+func report(sum Summary, o options, stdout, stderr io.Writer) int {
 	if o.json {
 		b, err := sum.JSON()
 		if err != nil {

@@ -46,6 +46,7 @@ type sim struct {
 	// shared read-only by all devices.
 	report   frame.Frame
 	services json.RawMessage // also the answer to a property get
+	counter  *counterReports // -counter: numbered reports; nil without
 
 	resolved    atomic.Int64  // handshakes finished, successful or not
 	allResolved chan struct{} // closed when resolved reaches cfg.N
@@ -81,6 +82,9 @@ func newSim(cfg config, progress io.Writer) (*sim, error) {
 	s.services = json.RawMessage(`[{"service_id":"` + reportService + `","properties":{"value":"` + value + `"}}]`)
 	if s.native {
 		s.report = frame.Frame{Type: frame.TypeProperties, Services: s.services}
+		if cfg.Counter {
+			s.counter = newCounterReports(value)
+		}
 	} else {
 		s.report = frame.Frame{Type: frame.TypeMessage, Content: []byte(value)}
 	}
@@ -255,6 +259,9 @@ func (s *sim) device(ctx, sendCtx context.Context, i int, pending <-chan struct{
 	s.resolve()
 
 	d := &device{s: s, c: c}
+	if s.counter != nil {
+		d.ctr = &deviceCounter{reports: s.counter}
+	}
 	if s.cfg.Ack {
 		d.win = newWindow(s.cfg.Window)
 	}
@@ -357,7 +364,8 @@ func (s *sim) demoLogin(ctx context.Context, c *southboundtest.Client) error {
 type device struct {
 	s   *sim
 	c   *southboundtest.Client
-	win *window // nil without -ack
+	win *window        // nil without -ack
+	ctr *deviceCounter // nil without -counter
 }
 
 // serve runs until ctx is done or the connection fails. Without reports
@@ -428,6 +436,9 @@ func (d *device) send(ctx context.Context) error {
 		}
 		d.s.inflight.Add(1)
 		f.Seq = seq
+	}
+	if d.ctr != nil {
+		f = d.ctr.next(f)
 	}
 	if err := d.c.Send(f); err != nil {
 		if d.win != nil {

@@ -68,7 +68,10 @@ commands (talk to a running gateway's admin API):
                            random secret is generated and printed once
   tokens revoke NODE       remove a device token secret
   status                   gateway status summary
-  ota list|cancel          (not available in this build)
+  ota list [-state S] [-limit N] [-offset N]
+                           sub-device upgrade jobs; S is queued, downloading,
+                           transferring, applying, succeeded, failed or canceled
+  ota cancel ID            cancel an unfinished upgrade job
 
 common flags:
   -addr URL         admin API base URL (env SUBGATE_ADMIN_ADDR, default ` + cliDefaultAddr + `)
@@ -177,8 +180,10 @@ func (c *cliRunner) dispatch(args []string) error {
 		return c.tokensRevoke(rest)
 	case "status ":
 		return c.status(rest)
-	case "ota list", "ota cancel":
-		return &cliUsageError{msg: "OTA jobs are not available in this build"}
+	case "ota list":
+		return c.otaList(rest)
+	case "ota cancel":
+		return c.otaCancel(rest)
 	}
 	return cliUsagef("unknown command %q", strings.TrimSpace(cmd+" "+sub))
 }
@@ -618,4 +623,115 @@ func cliTime(t time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// cliOTAJob is the API's OTA job view (docs/admin-api.md, docs/ota.md).
+type cliOTAJob struct {
+	ID          string    `json:"id"`
+	DeviceID    string    `json:"device_id"`
+	EventType   string    `json:"event_type"`
+	Version     string    `json:"version"`
+	Size        int64     `json:"size"`
+	State       string    `json:"state"`
+	Offset      int64     `json:"offset"`
+	Attempts    int       `json:"attempts"`
+	ResultCode  int       `json:"result_code"`
+	Description string    `json:"description"`
+	Updated     time.Time `json:"updated"`
+}
+
+type cliOTAJobList struct {
+	Total  int         `json:"total"`
+	Offset int         `json:"offset"`
+	Limit  int         `json:"limit"`
+	Jobs   []cliOTAJob `json:"jobs"`
+}
+
+// cliOTAStates are the job states the API accepts as a filter.
+var cliOTAStates = []string{"queued", "downloading", "transferring", "applying", "succeeded", "failed", "canceled"}
+
+func (c *cliRunner) otaList(args []string) error {
+	fs := c.flagSet("ota list")
+	state := fs.String("state", "", "only jobs in this state: "+strings.Join(cliOTAStates, ", "))
+	limit := fs.Int("limit", 100, "page size (1-1000)")
+	offset := fs.Int("offset", 0, "jobs to skip")
+	if _, err := c.parse(fs, args, 0, ""); err != nil {
+		return err
+	}
+	st := strings.ToLower(*state)
+	if st != "" && !slices.Contains(cliOTAStates, st) {
+		return cliUsagef("-state must be one of %s", strings.Join(cliOTAStates, ", "))
+	}
+	if *limit < 1 {
+		return cliUsagef("-limit must be at least 1")
+	}
+	if *offset < 0 {
+		return cliUsagef("-offset must not be negative")
+	}
+	q := url.Values{}
+	if st != "" {
+		q.Set("state", st)
+	}
+	q.Set("limit", strconv.Itoa(*limit))
+	q.Set("offset", strconv.Itoa(*offset))
+	var raw json.RawMessage
+	if err := c.call(http.MethodGet, "/api/v1/ota/jobs", q, nil, &raw); err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return c.printJSON(raw)
+	}
+	var l cliOTAJobList
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return fmt.Errorf("decode OTA job list: %w", err)
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB ID\tDEVICE ID\tVERSION\tSTATE\tPROGRESS\tATTEMPTS\tRESULT\tUPDATED")
+	for _, j := range l.Jobs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cliCell(j.ID), cliCell(j.DeviceID), cliCell(j.Version),
+			cliCell(j.State), cliProgress(j.Offset, j.Size), j.Attempts, cliOTAResult(j), cliTime(j.Updated))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(c.stdout, "%d of %d jobs (offset %d)\n", len(l.Jobs), l.Total, l.Offset)
+	return err
+}
+
+func (c *cliRunner) otaCancel(args []string) error {
+	fs := c.flagSet("ota cancel")
+	pos, err := c.parse(fs, args, 1, "ID")
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := c.call(http.MethodDelete, "/api/v1/ota/jobs/"+url.PathEscape(pos[0]), nil, nil, &raw); err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return c.printJSON(raw)
+	}
+	var j cliOTAJob
+	if err := json.Unmarshal(raw, &j); err != nil {
+		return fmt.Errorf("decode OTA job: %w", err)
+	}
+	_, err = fmt.Fprintf(c.stdout, "canceled OTA job %s (device %s, version %s)\n", cliCell(j.ID), cliCell(j.DeviceID), cliCell(j.Version))
+	return err
+}
+
+// cliProgress shows a transfer as a percentage of the package.
+func cliProgress(off, size int64) string {
+	if size <= 0 {
+		return "-"
+	}
+	return strconv.FormatInt(min(max(off, 0), size)*100/size, 10) + "%"
+}
+
+// cliOTAResult shows the iotda §4.5 result code of a finished job.
+func cliOTAResult(j cliOTAJob) string {
+	switch j.State {
+	case "succeeded", "failed", "canceled":
+		return strconv.Itoa(j.ResultCode)
+	}
+	return "-"
 }

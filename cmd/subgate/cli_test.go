@@ -343,15 +343,6 @@ func TestStatus(t *testing.T) {
 	}
 }
 
-func TestOTANotAvailable(t *testing.T) {
-	for _, sub := range []string{"list", "cancel"} {
-		code, out, errOut := runWith(nil, "", "ota", sub)
-		if code != 2 || out != "" || errOut != "subgate: OTA jobs are not available in this build\n" {
-			t.Errorf("ota %s: exit %d %q %q", sub, code, out, errOut)
-		}
-	}
-}
-
 func TestAuthErrors(t *testing.T) {
 	e := newCLIEnv(t)
 	// No token file: the server's 401 message is shown.
