@@ -52,7 +52,7 @@ func (g *Gateway) Login(c *southbound.Conn, hello frame.Frame) error {
 		g.bind(c, pr.deviceID)
 		return nil
 	}
-	if err := g.regs.request(node, deviceID, product); err != nil {
+	if err := g.regs.request(node, deviceID, product, hello); err != nil {
 		g.m.logins.WithLabelValues("refused").Inc()
 		return frame.Errorf(frame.CodeBusy, true, "registration queue full, retry later")
 	}

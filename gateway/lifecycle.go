@@ -276,6 +276,7 @@ func (r *statusReporter) flushNow(timeout time.Duration) {
 // pendingReg is a registration the platform has not answered yet.
 type pendingReg struct {
 	node, deviceID, product string
+	fw, sw                  string // versions from the hello
 	eventID                 string
 	sent                    time.Time
 }
@@ -321,13 +322,13 @@ func newRegistrar(g *Gateway) *registrar {
 
 var errQueueFull = errors.New("gateway: queue full")
 
-func (r *registrar) request(node, deviceID, product string) error {
+func (r *registrar) request(node, deviceID, product string, hello frame.Frame) error {
 	r.mu.Lock()
 	if _, ok := r.pending[node]; ok {
 		r.mu.Unlock()
 		return nil
 	}
-	r.pending[node] = &pendingReg{node: node, deviceID: deviceID, product: product}
+	r.pending[node] = &pendingReg{node: node, deviceID: deviceID, product: product, fw: hello.FwVersion, sw: hello.SwVersion}
 	r.mu.Unlock()
 	select {
 	case r.addQ <- node:
@@ -755,7 +756,11 @@ func (r *registrar) confirmed(devs []subdevice.Device) {
 			continue
 		}
 		g.rebind(c, d.DeviceID)
-		g.markOnline(c, d.DeviceID, frame.Frame{})
+		var hello frame.Frame
+		if was {
+			hello.FwVersion, hello.SwVersion = p.fw, p.sw
+		}
+		g.markOnline(c, d.DeviceID, hello)
 	}
 }
 

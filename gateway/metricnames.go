@@ -46,6 +46,7 @@ func MetricNames() ([]string, error) {
 		return nil, err
 	}
 	g.m = newGatewayMetrics(rec, g)
+	newOTAMetrics(rec)
 	if _, err := northbound.New(northbound.Config{Server: cfg.Northbound.Server, DeviceID: "names", Secret: "names"}, nil, rec); err != nil {
 		return nil, err
 	}

@@ -54,7 +54,7 @@ const (
 	maxMaxFrame    = 16 << 20
 	maxMaxOutbound = 256 << 20
 	// maxRateBurst keeps a full bucket exact in Conn's float32 counter.
-	maxRateBurst = 1 << 24
+	maxRateBurst   = 1 << 24
 	maxWorkers     = 4096
 	maxLoops       = 1024
 	maxWorkerQueue = 1 << 20

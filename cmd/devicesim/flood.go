@@ -243,6 +243,10 @@ type flood struct {
 	st      [numFloodKinds]floodStats
 	oversz  []byte // the first bytes of the oversize frame
 	pings   []byte // pingBatch encoded pings
+	// after, when set before run, is called on the attacker's goroutine
+	// once the counters of each finished connection are updated (tests
+	// wait on it).
+	after func()
 }
 
 // newFlood prepares the flood of c, or returns nil when -flood is off.
@@ -382,6 +386,9 @@ func (fl *flood) attempt(ctx context.Context, k floodKind, i int) {
 		st.interrupted.Add(1)
 	default:
 		st.closed.Add(1)
+	}
+	if fl.after != nil {
+		fl.after()
 	}
 }
 

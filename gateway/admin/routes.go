@@ -175,6 +175,7 @@ func (s *Server) routes() http.Handler {
 	s.handle(mux, "DELETE /api/v1/tokens/{node_id}", 0, s.revokeToken)
 	s.handle(mux, "GET /api/v1/status", 0, s.status)
 	s.handle(mux, "GET /api/v1/config", 0, s.config)
+	s.otaRoutes(mux)
 	if s.opts.Pprof {
 		// pprof.Index also serves the named profiles below /debug/pprof/.
 		s.handle(mux, "GET /debug/pprof/", 0, pprof.Index)
