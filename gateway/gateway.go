@@ -184,8 +184,11 @@ func (s *stage) goRun(name string, fn func(ctx context.Context) error) {
 	go func() {
 		defer s.wg.Done()
 		if err := fn(s.ctx); err != nil && !errors.Is(err, context.Canceled) {
+			if !strings.HasPrefix(err.Error(), name+":") {
+				err = fmt.Errorf("%s: %w", name, err)
+			}
 			select {
-			case s.errs <- fmt.Errorf("%s: %w", name, err):
+			case s.errs <- err:
 			default:
 			}
 		}
