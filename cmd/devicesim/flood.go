@@ -48,7 +48,7 @@ const (
 	// floodOversize sends one frame of -flood-size bytes, above the
 	// gateway's max_frame, before any hello.
 	floodOversize
-	// floodGarbage sends random bytes.
+	// floodGarbage sends -flood-size random bytes.
 	floodGarbage
 	// floodSlow logs in, then never reads again while it makes the gateway
 	// write (it sends pings, each answered by a pong).
@@ -79,10 +79,6 @@ const (
 	maxFloodSize      = 64 << 20 // well above the largest max_frame (16 MiB)
 	// floodChunk is the size of one write of oversize or garbage input.
 	floodChunk = 16 << 10
-	// maxGarbage bounds the random bytes written to one connection: a
-	// gateway that accepts more than this without closing is reported by
-	// the summary (closed instead of cut).
-	maxGarbage = 1 << 20
 	// maxSlowBytes bounds the pings one slow connection writes; after that
 	// it holds the connection, still not reading, until the flood ends.
 	maxSlowBytes = 64 << 20
@@ -103,7 +99,7 @@ type floodConfig struct {
 	N        int           // attackers per kind
 	Rate     float64       // connections per second, all attackers together
 	Duration time.Duration // how long the flood runs
-	Size     int           // bytes of one oversize frame
+	Size     int           // bytes of one oversize frame, and of garbage per connection
 	Prefix   string        // attacker node ids: <Prefix><kind>-<i>
 	// Sources are the attackers' source IPs, round robin (empty: the
 	// devices' -src, or any).
@@ -131,7 +127,7 @@ func registerFloodFlags(fs *flag.FlagSet, f *floodConfig) {
 	fs.IntVar(&f.N, "flood-n", 10, "attackers per -flood kind")
 	fs.Float64Var(&f.Rate, "flood-rate", 50, "attack connections per second, all attackers together")
 	fs.DurationVar(&f.Duration, "flood-duration", 30*time.Second, "how long the flood runs")
-	fs.IntVar(&f.Size, "flood-size", 2*frame.DefaultMaxFrame, "bytes of an oversize frame (set above the gateway's max_frame)")
+	fs.IntVar(&f.Size, "flood-size", 2*frame.DefaultMaxFrame, "bytes of an oversize frame (set above the gateway's max_frame) and of garbage per connection")
 	fs.StringVar(&f.Prefix, "flood-prefix", "flood-", "attacker node ids: <prefix><kind>-<i>")
 	fs.Func("flood-src", "attacker source IPs, like -src (empty: those of -src)", func(s string) (err error) {
 		f.Sources, err = parseSources(s)
@@ -483,17 +479,19 @@ func (fl *flood) oversize(c *floodConn) {
 	c.drain(deadline)
 }
 
-// garbage writes random bytes until the gateway closes the connection or
-// maxGarbage bytes went out, then reads the answer.
+// garbage writes -flood-size random bytes, or fewer if the gateway closes
+// the connection first, then reads the answer. A gateway that takes them
+// all without closing shows in the summary as closed rather than cut.
 func (fl *flood) garbage(c *floodConn) {
 	deadline := time.Now().Add(fl.timeout)
 	var seed [32]byte
 	_, _ = rand.Read(seed[:])
 	src := mrand.NewChaCha8(seed)
 	chunk := make([]byte, floodChunk)
-	for sent := 0; sent < maxGarbage; sent += len(chunk) {
-		_, _ = src.Read(chunk)
-		if c.write(chunk, deadline) != nil {
+	for left := fl.cfg.Size; left > 0; left -= len(chunk) {
+		b := chunk[:min(left, len(chunk))]
+		_, _ = src.Read(b)
+		if c.write(b, deadline) != nil {
 			break
 		}
 	}

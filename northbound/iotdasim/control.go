@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"sync"
 	"time"
-	"weak"
 
 	"github.com/subgate/subgate/northbound/iotda"
 )
@@ -170,29 +168,12 @@ type counterTrack struct {
 // span is an inclusive range of counter values.
 type span struct{ lo, hi int64 }
 
-// controls maps each Sim to its control state. The Sim's fields are owned
-// by sim.go; the key is weak and a cleanup removes the entry once the Sim
-// is unreachable.
-var controls = struct {
-	mu sync.Mutex
-	m  map[weak.Pointer[Sim]]*control
-}{m: map[weak.Pointer[Sim]]*control{}}
-
+// controlOf returns the Sim's control state, created on first use.
 func controlOf(s *Sim) *control {
-	wp := weak.Make(s)
-	controls.mu.Lock()
-	defer controls.mu.Unlock()
-	c := controls.m[wp]
-	if c == nil {
-		c = &control{changed: make(chan struct{}), devs: map[string]*counterTrack{}}
-		controls.m[wp] = c
-		runtime.AddCleanup(s, func(wp weak.Pointer[Sim]) {
-			controls.mu.Lock()
-			delete(controls.m, wp)
-			controls.mu.Unlock()
-		}, wp)
-	}
-	return c
+	s.ctlOnce.Do(func() {
+		s.ctl = &control{changed: make(chan struct{}), devs: map[string]*counterTrack{}}
+	})
+	return s.ctl
 }
 
 // controlRoutes mounts the control API on mux.

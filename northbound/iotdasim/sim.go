@@ -50,7 +50,10 @@ const (
 // versions, change logs, shadows) and the recordings, and Start brings it
 // back on the same addresses, so tests can simulate a platform outage.
 type Sim struct {
-	cfg       Config
+	cfg Config
+	// ctl is the outage and delivery-statistics state (control.go).
+	ctlOnce   sync.Once
+	ctl       *control
 	log       *slog.Logger
 	now       func() time.Time
 	clientCAs *x509.CertPool

@@ -107,7 +107,7 @@ wait_http() { # wait_http URL SECONDS PID: until URL answers 200
 	die "$1 did not answer 200 within $2 s"
 }
 stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
-stats() { curl -s --max-time 10 "$stats_url" || true; } # empty during the outage
+stats() { curl -s --max-time 30 --retry 2 "$stats_url" || true; } # empty during the outage
 outbox() { # items in the gateway's outbox (a large number if unreadable)
 	local v
 	v=$(curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" | awk '/^subgate_outbox_messages /{ print int($2) }')

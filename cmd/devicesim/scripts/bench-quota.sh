@@ -100,7 +100,7 @@ wait_http() { # wait_http URL SECONDS PID: until URL answers 200
 	die "$1 did not answer 200 within $2 s"
 }
 stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
-stats() { curl -s --max-time 10 "$stats_url" || true; } # empty during the outage
+stats() { curl -s --max-time 30 --retry 2 "$stats_url" || true; } # empty during the outage
 outbox() { # items in the gateway's outbox (a large number if unreadable)
 	local v
 	v=$(curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" | awk '/^subgate_outbox_messages /{ print int($2) }')
@@ -157,6 +157,7 @@ for ((i = 0; i < WARMUP; i++)); do sleep 1; stats >/dev/null; done
 s0=$(stats) t0=$(date +%s.%N)
 for ((i = 0; i < WINDOW; i++)); do sleep 1; stats >/dev/null; done
 s1=$(stats) t1=$(date +%s.%N)
+[[ -n $s1 && -n $s0 ]] || die "the simulator did not answer GET /api/stats"
 out0=$(outbox)
 for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
 sums=$(cat "$tmp"/devicesim.*.out | jq -s '{sent: (map(.frames_out) | add), busy: (map(.busy) | add),
