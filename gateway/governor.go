@@ -40,8 +40,9 @@ const quotaMargin = 1.02
 //
 // The message limit is a sliding window (at most n grants in any window of
 // n/rate seconds, stretched by quotaMargin), the same rule the platform
-// applies, with grants evenly paced (one per window/n): bursts would be
-// compressed on the way and counted as a violation at the receiving end.
+// applies, with grants paced at the window's average rate (bursts of at
+// most 3): long bursts would be compressed on the way and counted as a
+// violation at the receiving end.
 type governor struct {
 	n         int           // grants per window
 	window    time.Duration // window length
@@ -92,8 +93,12 @@ func (g *governor) acquire(ctx context.Context, c Class, n int) error {
 func (g *governor) run(ctx context.Context, level func(float64)) {
 	ring := make([]time.Time, g.n) // grant times, oldest at next
 	next := 0
-	spacing := g.window / time.Duration(g.n)
-	var lastGrant time.Time
+	// Pacing: a token bucket at the window's average rate with a small
+	// burst, so a publisher that comes late to its slot can catch up a
+	// little without ever sending a long burst.
+	pace := float64(g.n) / g.window.Seconds()
+	const paceBurst = 3
+	ptokens := float64(paceBurst)
 	btokens := g.byteBurst
 	last := g.now()
 	for {
@@ -103,16 +108,18 @@ func (g *governor) run(ctx context.Context, level func(float64)) {
 		}
 		for {
 			now := g.now()
+			el := now.Sub(last).Seconds()
 			if g.byteRate > 0 {
-				btokens = min(g.byteBurst, btokens+now.Sub(last).Seconds()*g.byteRate)
+				btokens = min(g.byteBurst, btokens+el*g.byteRate)
 			}
+			ptokens = min(paceBurst, ptokens+el*pace)
 			last = now
 			var wait time.Duration
 			if oldest := ring[next]; !oldest.IsZero() {
 				wait = oldest.Add(g.window).Sub(now)
 			}
-			if !lastGrant.IsZero() {
-				wait = max(wait, lastGrant.Add(spacing).Sub(now))
+			if ptokens < 1 {
+				wait = max(wait, time.Duration((1-ptokens)/pace*float64(time.Second)))
 			}
 			need := float64(min(r.bytes, int(g.byteBurst)))
 			if g.byteRate > 0 && btokens < need {
@@ -130,7 +137,7 @@ func (g *governor) run(ctx context.Context, level func(float64)) {
 			}
 		}
 		now := g.now()
-		lastGrant = now
+		ptokens--
 		ring[next] = now
 		next = (next + 1) % g.n
 		if g.byteRate > 0 {
