@@ -142,9 +142,13 @@ type SouthboundConfig struct {
 	IdleTimeout   time.Duration `yaml:"idle_timeout" json:"idle_timeout"`
 	RatePerSec    float64       `yaml:"rate_per_sec" json:"rate_per_sec"`
 	RateBurst     int           `yaml:"rate_burst" json:"rate_burst"`
-	MaxOutbound   int           `yaml:"max_outbound" json:"max_outbound"`
-	SecondLogin   string        `yaml:"second_login" json:"second_login"`
-	MaxBadFrames  int           `yaml:"max_bad_frames" json:"max_bad_frames"`
+	// RateStrikes is how many rate-limited frames in a row close a device.
+	RateStrikes int `yaml:"rate_strikes" json:"rate_strikes"`
+	// TLSWriteTimeout bounds one write to a TLS device.
+	TLSWriteTimeout time.Duration `yaml:"tls_write_timeout" json:"tls_write_timeout"`
+	MaxOutbound     int           `yaml:"max_outbound" json:"max_outbound"`
+	SecondLogin     string        `yaml:"second_login" json:"second_login"`
+	MaxBadFrames    int           `yaml:"max_bad_frames" json:"max_bad_frames"`
 }
 
 // SubdeviceConfig governs sub-device records and downlink requests.
@@ -259,16 +263,18 @@ func DefaultConfig() Config {
 			DownlinkQueue:   4096,
 		},
 		Southbound: SouthboundConfig{
-			Listen:       ":8081",
-			Codec:        "jsonl",
-			Auth:         "open",
-			MaxConns:     100000,
-			MaxFrame:     64 << 10,
-			HelloTimeout: 10 * time.Second,
-			IdleTimeout:  300 * time.Second,
-			MaxOutbound:  256 << 10,
-			SecondLogin:  "kick-old",
-			MaxBadFrames: 5,
+			Listen:          ":8081",
+			Codec:           "jsonl",
+			Auth:            "open",
+			MaxConns:        100000,
+			MaxFrame:        64 << 10,
+			HelloTimeout:    10 * time.Second,
+			IdleTimeout:     300 * time.Second,
+			MaxOutbound:     256 << 10,
+			SecondLogin:     "kick-old",
+			MaxBadFrames:    5,
+			RateStrikes:     20,
+			TLSWriteTimeout: 30 * time.Second,
 		},
 		Subdevice: SubdeviceConfig{
 			AutoRegister:    true,
@@ -573,6 +579,9 @@ func (c *Config) Validate() error {
 	}
 	if sb.MaxFrame < 256 || sb.MaxFrame > 16<<20 {
 		add("southbound.max_frame", "must be 256..16777216 bytes")
+	}
+	if sb.RateStrikes < 1 || sb.TLSWriteTimeout <= 0 {
+		add("southbound.rate_strikes", "rate_strikes and tls_write_timeout must be positive")
 	}
 	if sb.HelloTimeout <= 0 || sb.IdleTimeout <= 0 {
 		add("southbound.hello_timeout", "hello_timeout and idle_timeout must be positive")

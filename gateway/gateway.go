@@ -315,6 +315,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		MaxOutbound:   sbc.MaxOutbound,
 		SecondLogin:   sbc.SecondLogin,
 		MaxBadFrames:  sbc.MaxBadFrames,
+		RateStrikes:   sbc.RateStrikes,
+		WriteTimeout:  sbc.TLSWriteTimeout,
 	}, g, storeSecrets{st}, g.log, g.reg)
 	if err != nil {
 		return err
