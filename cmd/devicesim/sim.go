@@ -435,6 +435,13 @@ func (d *device) send(ctx context.Context) error {
 			return nil
 		}
 		d.s.inflight.Add(1)
+		// Checked after counting the report in flight: a drain that saw
+		// zero in flight after stopping the senders can then trust that
+		// no report slips out behind its back.
+		if ctx.Err() != nil {
+			d.forget(seq)
+			return nil
+		}
 		f.Seq = seq
 	}
 	if d.ctr != nil {
