@@ -17,8 +17,9 @@ import (
 // statusReporter turns connection changes into sub_device_update_status
 // reports (iotda §3.3) without storms: changes are collected for
 // subdevice.status_debounce, only the last state per device counts, a device
-// whose state equals what the platform was last told is skipped, reports
-// carry ≤100 entries, and entries are paced below the platform's status TPS.
+// whose state the platform already has is skipped, ONLINE goes before
+// OFFLINE, reports carry ≤100 entries, and no one-second window holds more
+// entries than subdevice.status_rate.
 type statusReporter struct {
 	g      *Gateway
 	kickCh chan struct{}
@@ -30,8 +31,7 @@ type statusReporter struct {
 	retries  map[string]int
 	byEvent  map[string][]iotda.DeviceStatus
 	rate     float64 // entries per second (subdevice.status_rate)
-	tokens   float64
-	last     time.Time
+	spent    []spend // entries sent in the last second, oldest first
 }
 
 func newStatusReporter(g *Gateway) *statusReporter {
@@ -43,7 +43,6 @@ func newStatusReporter(g *Gateway) *statusReporter {
 		retries:  make(map[string]int),
 		byEvent:  make(map[string][]iotda.DeviceStatus),
 		rate:     g.cfg.Subdevice.StatusRate,
-		tokens:   g.cfg.Subdevice.StatusRate,
 	}
 }
 
@@ -85,7 +84,12 @@ func (r *statusReporter) reReportAll(forget bool) {
 	}
 	r.mu.Lock()
 	if forget {
+		// "" marks the platform's state as unknown: every device is
+		// reported again, whatever it confirmed before (iotda §3.12 step 4).
 		r.reported = make(map[string]subdevice.Status, len(all))
+		for id := range states {
+			r.reported[id] = ""
+		}
 	}
 	for id, st := range states {
 		if _, pending := r.want[id]; !pending {
@@ -117,36 +121,70 @@ func (r *statusReporter) run(ctx context.Context) error {
 	}
 }
 
-// take removes up to n entries that differ from what was reported.
+// take removes the pending entries that the platform does not already
+// have, ONLINE ones first, at most what the pacing allows now. What the
+// platform has is what it was told on this connection (reported) or, for a
+// device not reported yet, the status it last confirmed (the record's
+// Status, from status responses and notifications, kept across restarts):
+// a reconnect storm then reports only real changes (issue 5).
 func (r *statusReporter) take(limited bool) []iotda.DeviceStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.g.now()
+	budget := len(r.want)
 	if limited {
-		if !r.last.IsZero() {
-			r.tokens = min(r.rate, r.tokens+now.Sub(r.last).Seconds()*r.rate)
-		}
-		r.last = now
+		budget = r.allowance(now)
 	}
 	var out []iotda.DeviceStatus
-	for id, st := range r.want {
-		if limited && float64(len(out)) >= r.tokens {
-			break
+	for _, pass := range []subdevice.Status{subdevice.Online, subdevice.Offline} {
+		for id, st := range r.want {
+			if len(out) >= budget {
+				break
+			}
+			if st != pass {
+				continue
+			}
+			delete(r.want, id)
+			if rep, sent := r.reported[id]; sent && rep == st {
+				continue
+			}
+			d, known := r.g.devs.ByID(id)
+			if !known {
+				continue
+			}
+			if _, sent := r.reported[id]; !sent && d.Status == st {
+				continue
+			}
+			r.reported[id] = st
+			out = append(out, iotda.DeviceStatus{DeviceID: id, Status: string(st)})
 		}
-		delete(r.want, id)
-		if r.reported[id] == st {
-			continue
-		}
-		if _, known := r.g.devs.ByID(id); !known {
-			continue
-		}
-		r.reported[id] = st
-		out = append(out, iotda.DeviceStatus{DeviceID: id, Status: string(st)})
 	}
-	if limited {
-		r.tokens -= float64(len(out))
+	if limited && len(out) > 0 {
+		r.spent = append(r.spent, spend{at: now, n: len(out)})
 	}
 	return out
+}
+
+// spend is a number of status entries sent at a time.
+type spend struct {
+	at time.Time
+	n  int
+}
+
+// allowance is how many entries may go now so that no one-second window
+// holds more than the rate (a sliding window, like the platform's count).
+func (r *statusReporter) allowance(now time.Time) int {
+	i := 0
+	used := 0
+	for _, s := range r.spent {
+		if now.Sub(s.at) >= time.Second {
+			i++
+			continue
+		}
+		used += s.n
+	}
+	r.spent = r.spent[i:]
+	return max(0, int(r.rate)-used)
 }
 
 // flush publishes pending changes in reports of ≤100 entries. With
@@ -177,6 +215,15 @@ func (r *statusReporter) flush(unlimited bool, wg *sync.WaitGroup) {
 				}
 				g.m.statusReports.Inc()
 				g.m.statusEntries.Add(float64(len(batch)))
+				// The platform has the message: its state is what was sent,
+				// unless its response refuses an entry (response). Kept in
+				// the records so that a restart reports only changes.
+				for _, e := range batch {
+					st := subdevice.Status(e.Status)
+					if d, ok := g.devs.Update(e.DeviceID, func(d *subdevice.Device) { d.Status = st }); ok {
+						g.persistAsync(d)
+					}
+				}
 			})
 		r.mu.Lock()
 		r.byEvent[id] = batch
@@ -239,6 +286,8 @@ func (r *statusReporter) response(eventID string, p iotda.UpdateStatusResponsePa
 	}
 	r.mu.Unlock()
 	for _, f := range p.FailedDevices {
+		// The platform's state of this device is unknown now.
+		g.devs.Update(f.DeviceID, func(d *subdevice.Device) { d.Status = "" })
 		g.m.statusFailed.Inc()
 		g.log.Warn("platform refused a status update", "component", "gateway", "device_id", f.DeviceID,
 			"error_code", f.ErrorCode, "error_msg", f.ErrorMsg)

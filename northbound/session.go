@@ -8,9 +8,10 @@
 // means a PUBACK was seen on the connection that carried the message. The
 // durable copy of uplink data lives in the store's outbox, never in paho.
 //
-// Downlink messages are copied in the paho callback and handed over through a
-// bounded channel (Messages); when it is full the message is dropped, counted
-// and logged, and the callback returns at once. Publish and PublishAsync are
+// Downlink messages are copied in the paho callback and handed over, in the
+// order they arrived, through a bounded channel (Messages); when it is full
+// the message is dropped, counted and logged, and the callback returns at
+// once. Publish and PublishAsync are
 // safe for concurrent use.
 package northbound
 
@@ -365,7 +366,11 @@ func (s *Session) connect(ctx context.Context) (mqtt.Client, error) {
 	opts.SetCleanSession(true)
 	opts.SetAutoReconnect(false)
 	opts.SetConnectRetry(false)
-	opts.SetOrderMatters(false)
+	// In order: onMessage never blocks (copy, non-blocking send), so
+	// ordered delivery costs nothing and keeps platform events such as
+	// versioned sub-device notifications in the order they were sent;
+	// unordered delivery (a goroutine per message) reordered them.
+	opts.SetOrderMatters(true)
 	opts.SetKeepAlive(s.cfg.KeepAlive)
 	opts.SetPingTimeout(10 * time.Second)
 	opts.SetConnectTimeout(s.cfg.ConnectTimeout)

@@ -47,6 +47,7 @@ func (s *Sim) httpHandler() http.Handler {
 	mux.HandleFunc("GET /api/received", s.httpReceived)
 	mux.HandleFunc("GET /api/errors", s.httpErrors)
 	s.controlRoutes(mux) // control.go: outage, delivery stats
+	mux.Handle("/api/load/", s.LoadHandler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no route %s %s", r.Method, r.URL.Path))
 	})

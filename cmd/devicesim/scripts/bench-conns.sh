@@ -23,7 +23,7 @@
 #
 #   n= codec= auth= sessions= gogc= gomemlimit=
 #   rss_before_kib= rss_after_kib= per_conn_bytes=       (VmRSS: anon + file)
-#   rss_anon_per_conn_bytes= rss_file_per_conn_bytes=    (RssAnon, RssFile)
+#   rss_anon_per_conn_bytes= rss_file_per_conn_bytes=    (RssAnon, RssFile+RssShmem)
 #   heap_inuse_before_bytes= heap_inuse_after_bytes= heap_per_conn_bytes=
 #   stack_per_conn_bytes= go_sys_per_conn_bytes=
 #   devicesim_rss_kib= iotdasim_rss_kib=                  (load side, not counted)
@@ -158,10 +158,13 @@ force_gc() {
 # PREFIX_sys (bytes).
 snapshot() {
 	force_gc "${2:-}"
-	printf -v "$1_rss" %d "$(status_kib "$gw_pid" VmRSS)"
-	printf -v "$1_anon" %d "$(status_kib "$gw_pid" RssAnon)"
-	printf -v "$1_file" %d "$(status_kib "$gw_pid" RssFile)"
-	local m
+	# One read of /proc/PID/status, so that the three figures agree.
+	local rss anon file m
+	read -r rss anon file < <(awk '$1 == "VmRSS:" { r = $2 } $1 == "RssAnon:" { a = $2 }
+		$1 == "RssFile:" || $1 == "RssShmem:" { f += $2 } END { print r + 0, a + 0, f + 0 }' "/proc/$gw_pid/status")
+	printf -v "$1_rss" %d "$rss"
+	printf -v "$1_anon" %d "$anon"
+	printf -v "$1_file" %d "$file"
 	m=$(curl -s --max-time 5 "http://$ADMIN_ADDR/metrics")
 	printf -v "$1_heap" %d "$(awk '$1 == "go_memstats_heap_inuse_bytes" { printf "%d", $2 }' <<<"$m")"
 	printf -v "$1_stack" %d "$(awk '$1 == "go_memstats_stack_inuse_bytes" { printf "%d", $2 }' <<<"$m")"
