@@ -157,6 +157,11 @@ func (r *statusReporter) take(limited bool) []iotda.DeviceStatus {
 			}
 			r.reported[id] = st
 			out = append(out, iotda.DeviceStatus{DeviceID: id, Status: string(st)})
+			// Until the PUBACK, the platform's state is unknown: a restart
+			// before it must report this device again.
+			if d, ok := r.g.devs.Update(id, func(d *subdevice.Device) { d.Status = "" }); ok {
+				r.g.persistAsync(d)
+			}
 		}
 	}
 	if limited && len(out) > 0 {
@@ -164,6 +169,10 @@ func (r *statusReporter) take(limited bool) []iotda.DeviceStatus {
 	}
 	return out
 }
+
+// statusWindow is the pacing window: a second plus a margin for the time
+// an entry spends in the publish queue, which can bunch arrivals.
+const statusWindow = 1100 * time.Millisecond
 
 // spend is a number of status entries sent at a time.
 type spend struct {
@@ -177,7 +186,7 @@ func (r *statusReporter) allowance(now time.Time) int {
 	i := 0
 	used := 0
 	for _, s := range r.spent {
-		if now.Sub(s.at) >= time.Second {
+		if now.Sub(s.at) >= statusWindow {
 			i++
 			continue
 		}
@@ -474,6 +483,11 @@ func (r *registrar) run(ctx context.Context) error {
 }
 
 func (r *registrar) persistBatch(ctx context.Context, first string) {
+	// Record writes must land even while the gateway stops (the statuses
+	// reported at shutdown are the next start's baseline): the write gets
+	// its own bound instead of the run's context.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	batch := map[string]bool{first: true}
 	for len(batch) < 1000 {
 		select {
@@ -494,7 +508,7 @@ func (r *registrar) persistBatch(ctx context.Context, first string) {
 	if len(devs) == 0 {
 		return
 	}
-	if err := r.g.st.PutDevices(ctx, devs); err != nil && !errors.Is(err, context.Canceled) {
+	if err := r.g.st.PutDevices(ctx, devs); err != nil {
 		r.g.log.Warn("saving sub-device records failed", "component", "gateway", "err", err, "n", len(devs))
 	}
 }

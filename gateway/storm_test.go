@@ -142,7 +142,14 @@ func TestReconnectStorm(t *testing.T) {
 	restartAt := time.Now()
 	h = startGateway(t, sim, cfg)
 	connectAll(t, h.addr(), stormReconnect)
-	h.waitSim("storm settled", func(v *iotdasim.View) bool { return settled(v, stormReconnect) })
+	ctxS, cancelS := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelS()
+	if err := sim.WaitFor(ctxS, func(v *iotdasim.View) bool { return settled(v, stormReconnect) }); err != nil {
+		sim.View(func(v *iotdasim.View) {
+			s, _ := v.Summary(testGW, time.Time{}, iotdasim.NodeRange{Prefix: "storm", To: stormReconnect})
+			t.Fatalf("storm not settled: %+v", s)
+		})
+	}
 	took := time.Since(restartAt)
 	// After the startup grace the gateway re-reports every known device
 	// once (iotda §3.12); the picture must stay the same.
