@@ -68,16 +68,16 @@ func (g *Gateway) bind(c *southbound.Conn, deviceID string) {
 		// Only the demo flow needs per-connection gateway state.
 		g.conns.Store(c, &connState{})
 	}
-	g.live.Store(deviceID, c)
+	g.live.store(deviceID, c)
 }
 
 // rebind moves c to the device id the platform assigned.
 func (g *Gateway) rebind(c *southbound.Conn, deviceID string) {
 	if old := c.DeviceID(); old != deviceID {
-		g.live.CompareAndDelete(old, c)
+		g.live.compareAndDelete(old, c)
 	}
 	c.SetDeviceID(deviceID)
-	g.live.Store(deviceID, c)
+	g.live.store(deviceID, c)
 }
 
 // registrationIDs picks the ids of the add request for an unknown device.
@@ -169,7 +169,7 @@ func (g *Gateway) Logout(c *southbound.Conn, reason error) {
 		return
 	}
 	// Another connection may already have taken over (kick-old).
-	if !g.live.CompareAndDelete(id, c) {
+	if !g.live.compareAndDelete(id, c) {
 		return
 	}
 	now := g.now()

@@ -108,11 +108,10 @@ func (g *Gateway) messageDown(payload []byte) {
 
 // connByDevice returns the live connection of a sub-device.
 func (g *Gateway) connByDevice(deviceID string) (*southbound.Conn, bool) {
-	v, ok := g.live.Load(deviceID)
+	c, ok := g.live.load(deviceID)
 	if !ok {
 		return nil, false
 	}
-	c := v.(*southbound.Conn)
 	if c.DeviceID() != deviceID {
 		return nil, false
 	}

@@ -84,7 +84,7 @@ type Gateway struct {
 	ota    *otaManager
 	props  *propCache
 	conns  sync.Map // *southbound.Conn -> *connState
-	live   sync.Map // device id -> *southbound.Conn (logged-in, registered or pending)
+	live   liveMap  // device id -> live connection (logged-in, registered or pending)
 
 	// control publishes (responses, management) wait for their PUBACK here.
 	ctrl      [2]chan ctrlMsg
@@ -138,6 +138,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	for i := range g.ctrl {
 		g.ctrl[i] = make(chan ctrlMsg, 4096)
 	}
+	g.live.init()
 	ct, err := parseCustomTopics(cfg.Northbound.CustomTopics, g.gw)
 	if err != nil {
 		return nil, fmt.Errorf("northbound.custom_topics: %w", err)

@@ -167,6 +167,7 @@ func (r *statusReporter) take(limited bool) []iotda.DeviceStatus {
 	if limited && len(out) > 0 {
 		r.spent = append(r.spent, spend{at: now, n: len(out)})
 	}
+	r.want = shrink(r.want)
 	return out
 }
 
@@ -233,6 +234,7 @@ func (r *statusReporter) flush(unlimited bool, wg *sync.WaitGroup) {
 						g.persistAsync(d)
 					}
 				}
+				r.delivered(batch)
 			})
 		r.mu.Lock()
 		r.byEvent[id] = batch
@@ -248,6 +250,29 @@ func (r *statusReporter) flush(unlimited bool, wg *sync.WaitGroup) {
 		}
 		r.mu.Unlock()
 	}
+}
+
+// delivered forgets the entries of a PUBACKed report: from now on the
+// record's Status is the baseline, and the map stays small (about 70 bytes
+// per entry otherwise, docs/memory.md).
+func (r *statusReporter) delivered(batch []iotda.DeviceStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range batch {
+		if r.reported[e.DeviceID] == subdevice.Status(e.Status) {
+			delete(r.reported, e.DeviceID)
+		}
+	}
+	r.reported = shrink(r.reported)
+}
+
+// shrink replaces an empty map that grew large: Go maps never give their
+// buckets back.
+func shrink(m map[string]subdevice.Status) map[string]subdevice.Status {
+	if len(m) == 0 {
+		return make(map[string]subdevice.Status)
+	}
+	return m
 }
 
 // requeue puts back entries whose report was not delivered, unless a newer

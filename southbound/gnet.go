@@ -35,6 +35,9 @@ func (g *gnetServer) start() (net.Addr, error) {
 		gnet.WithMulticore(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithReusePort(false),
+		// SO_REUSEADDR: a restart must bind the device port even while
+		// thousands of old connections sit in TIME_WAIT.
+		gnet.WithReuseAddr(true),
 		gnet.WithLogger(gnetLogger{g.s.logBase.With("component", "gnet")}),
 	}
 	if cfg.Loops > 0 {

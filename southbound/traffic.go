@@ -80,6 +80,21 @@ func (s *Server) consume(c *Conn, buf []byte) (used int, closeNow bool) {
 	return used, false
 }
 
+// overRate answers a frame over the device's rate: an error frame, and a
+// close after RateStrikes in a row. It returns false when the connection
+// must close.
+func (s *Server) overRate(c *Conn, f frame.Frame) bool {
+	s.m.limitHits[lRate].Inc()
+	c.strikes++
+	if int(c.strikes) >= s.cfg.RateStrikes {
+		s.warn.emit("rate limit", "remote", c.remote, "device_id", c.NodeID(), "n", c.strikes)
+		s.closeOwner(c, rRateLimited, frame.CodeRateLimited, "persistently over the rate limit", f.Seq)
+		return false
+	}
+	c.sendOwner(frame.Frame{Type: frame.TypeError, Code: frame.CodeRateLimited, Reason: "rate limited", Seq: f.Seq})
+	return true
+}
+
 // upTypes are the frame types a device may send.
 var upTypes = func() (t [256]bool) {
 	for _, x := range []frame.Type{
@@ -98,6 +113,12 @@ func (s *Server) dispatch(c *Conn, f frame.Frame) bool {
 	s.m.frameIn(f.Type)
 	switch f.Type {
 	case frame.TypePing:
+		// Pings count toward the device's rate like any frame: a device
+		// that reads could otherwise make the gateway decode and answer
+		// pings without bound.
+		if s.cfg.RatePerSec > 0 && !s.takeToken(c) {
+			return s.overRate(c, f)
+		}
 		c.bad = 0
 		c.sendOwner(frame.Frame{Type: frame.TypePong, Seq: f.Seq})
 		return true
@@ -126,15 +147,7 @@ func (s *Server) dispatch(c *Conn, f frame.Frame) bool {
 		}
 	}
 	if s.cfg.RatePerSec > 0 && !s.takeToken(c) {
-		s.m.limitHits[lRate].Inc()
-		c.strikes++
-		if int(c.strikes) >= s.cfg.RateStrikes {
-			s.warn.emit("rate limit", "remote", c.remote, "device_id", c.NodeID(), "n", c.strikes)
-			s.closeOwner(c, rRateLimited, frame.CodeRateLimited, "persistently over the rate limit", f.Seq)
-			return false
-		}
-		c.sendOwner(frame.Frame{Type: frame.TypeError, Code: frame.CodeRateLimited, Reason: "rate limited", Seq: f.Seq})
-		return true
+		return s.overRate(c, f)
 	}
 	c.strikes = 0
 	c.bad = 0

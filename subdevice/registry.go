@@ -16,14 +16,18 @@ type Registry struct {
 	byNode  map[string]*Device
 	byID    map[string]*Device
 	version int64
+	// products interns product ids: a few distinct values shared by
+	// tens of thousands of records.
+	products map[string]string
 }
 
 // NewRegistry returns a registry loaded with devs at list version version.
 func NewRegistry(version int64, devs []Device) *Registry {
 	r := &Registry{
-		byNode:  make(map[string]*Device, len(devs)),
-		byID:    make(map[string]*Device, len(devs)),
-		version: version,
+		byNode:   make(map[string]*Device, len(devs)),
+		byID:     make(map[string]*Device, len(devs)),
+		version:  version,
+		products: make(map[string]string),
 	}
 	for i := range devs {
 		r.putLocked(devs[i])
@@ -32,11 +36,24 @@ func NewRegistry(version int64, devs []Device) *Registry {
 }
 
 func (r *Registry) putLocked(d Device) {
-	if old, ok := r.byID[d.DeviceID]; ok && old.NodeID != d.NodeID {
-		delete(r.byNode, old.NodeID)
+	if old, ok := r.byID[d.DeviceID]; ok {
+		if old.NodeID != d.NodeID {
+			delete(r.byNode, old.NodeID)
+		} else {
+			// Keep the strings already held; the new copies (from a
+			// decoded notification) can be collected.
+			d.DeviceID, d.NodeID = old.DeviceID, old.NodeID
+		}
 	}
 	if old, ok := r.byNode[d.NodeID]; ok && old.DeviceID != d.DeviceID {
 		delete(r.byID, old.DeviceID)
+	}
+	if d.ProductID != "" {
+		if s, ok := r.products[d.ProductID]; ok {
+			d.ProductID = s
+		} else if len(r.products) < 1024 {
+			r.products[d.ProductID] = d.ProductID
+		}
 	}
 	p := new(Device)
 	*p = d
