@@ -3,21 +3,12 @@ package gateway
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -254,100 +245,16 @@ func TestAuthAllowList(t *testing.T) {
 	})
 }
 
-// testCA is a throwaway certificate authority.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t testing.TB, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a PEM certificate and key for cn signed by ca: a server
-// certificate for 127.0.0.1, or a client certificate.
-func (ca *testCA) issue(t testing.TB, cn string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
 // clientTLS is a device's TLS config: a certificate for cn from issuer
 // (none when issuer is nil), trusting the gateway's CA.
-func clientTLS(t testing.TB, issuer, serverCA *testCA, cn string) *tls.Config {
+func clientTLS(t testing.TB, issuer, serverCA *southboundtest.CA, cn string) *tls.Config {
 	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(serverCA.cert)
-	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	conf := &tls.Config{RootCAs: serverCA.Pool(), MinVersion: tls.VersionTLS12}
 	if issuer != nil {
-		certPEM, keyPEM := issuer.issue(t, cn, false)
-		cert, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, _, cert := issuer.Issue(t, cn, false)
 		conf.Certificates = []tls.Certificate{cert}
 	}
 	return conf
-}
-
-func writePEM(t testing.TB, dir, name string, b []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // TestAuthMTLS: with auth=mtls only the TLS listener runs; a device whose
@@ -355,19 +262,19 @@ func writePEM(t testing.TB, dir, name string, b []byte) string {
 // certificate from another CA, no certificate, or a hello naming another
 // node than the certificate are refused, logged and counted.
 func TestAuthMTLS(t *testing.T) {
-	ca := newTestCA(t, "subgate device CA")
-	rogue := newTestCA(t, "rogue CA")
+	ca := southboundtest.NewCA(t, "subgate device CA")
+	rogue := southboundtest.NewCA(t, "rogue CA")
 	dir := t.TempDir()
-	srvCert, srvKey := ca.issue(t, "subgate", true)
+	srvCert, srvKey, _ := ca.Issue(t, "subgate", true)
 
 	sim := startSim(t, "127.0.0.1:0")
 	cfg := testConfig(t, sim.Addr(), frame.NameJSONL)
 	sb := &cfg.Southbound
 	sb.Auth = "mtls"
 	sb.TLSListen = "127.0.0.1:0"
-	sb.TLSCertFile = writePEM(t, dir, "server.pem", srvCert)
-	sb.TLSKeyFile = writePEM(t, dir, "server.key", srvKey)
-	sb.ClientCAFile = writePEM(t, dir, "ca.pem", ca.pem)
+	sb.TLSCertFile = southboundtest.WriteFile(t, dir, "server.pem", srvCert)
+	sb.TLSKeyFile = southboundtest.WriteFile(t, dir, "server.key", srvKey)
+	sb.ClientCAFile = ca.WriteCA(t, dir, "ca.pem")
 	h, logs := startLogged(t, sim, cfg)
 	if a := h.gw.SouthboundAddr(); a != nil {
 		t.Fatalf("plain listener on %v with auth=mtls", a)

@@ -117,6 +117,9 @@ type NorthboundConfig struct {
 	MaxPublishBytes int `yaml:"max_publish_bytes" json:"max_publish_bytes"`
 	// DownlinkQueue bounds downlink messages waiting for dispatch.
 	DownlinkQueue int `yaml:"downlink_queue" json:"downlink_queue"`
+	// BatchLinger holds property reports up to this long while a batch
+	// report is not full, so the quota carries full batches (0 = off).
+	BatchLinger time.Duration `yaml:"batch_linger" json:"batch_linger"`
 	// Coalesce keeps only the latest value per device and service when a
 	// backlog is replayed (lossy by design; off by default).
 	Coalesce bool `yaml:"coalesce" json:"coalesce"`
@@ -261,6 +264,7 @@ func DefaultConfig() Config {
 			Inflight:        32,
 			MaxPublishBytes: 1 << 20,
 			DownlinkQueue:   4096,
+			BatchLinger:     200 * time.Millisecond,
 		},
 		Southbound: SouthboundConfig{
 			Listen:          ":8081",
@@ -551,6 +555,9 @@ func (c *Config) Validate() error {
 	}
 	if nb.MaxPublishBytes < 4096 || nb.MaxPublishBytes > 1<<20 {
 		add("northbound.max_publish_bytes", "must be 4096..1048576 (the platform refuses > 1 MB)")
+	}
+	if nb.BatchLinger < 0 || nb.BatchLinger > 10*time.Second {
+		add("northbound.batch_linger", "must be 0s..10s")
 	}
 	if nb.DownlinkQueue < 1 {
 		add("northbound.downlink_queue", "must be positive")

@@ -21,28 +21,42 @@ import (
 	"github.com/subgate/subgate/southbound/southboundtest"
 )
 
+// crashChildEnv names the test a re-executed test binary is to run as a
+// child gateway process (see startChild); the child tests skip otherwise.
+const crashChildEnv = "SUBGATE_CRASH_CHILD"
+
 // TestCrashChild is the gateway process of TestKill9LosesNothing. It runs
 // only when re-executed by that test.
 func TestCrashChild(t *testing.T) {
-	if os.Getenv("SUBGATE_CRASH_CHILD") == "" {
-		t.Skip("helper process of TestKill9LosesNothing")
+	runChild(t, "TestCrashChild",
+		// A low publish cap makes the outbox back up, so the kill hits
+		// acknowledged items that were not published yet.
+		"SUBGATE_NORTHBOUND_MAX_MSGS_PER_SEC=20",
+		"SUBGATE_SOUTHBOUND_CODEC=jsonl",
+	)
+}
+
+// runChild is the body of a child gateway test named name: unless this
+// process was started by startChild for that test it skips; otherwise it
+// runs a gateway on the simulator and store directory startChild passed,
+// configured by the common child settings and then env, prints
+// "ADDR <device address>" once ready, and returns on SIGTERM.
+func runChild(t *testing.T, name string, env ...string) {
+	if os.Getenv(crashChildEnv) != name {
+		t.Skip("helper process started by startChild")
 	}
-	env := []string{
+	base := []string{
 		"SUBGATE_NORTHBOUND_SERVER=tcp://" + os.Getenv("CRASH_SIM"),
 		"SUBGATE_NORTHBOUND_DEVICE_ID=" + testGW,
 		"SUBGATE_NORTHBOUND_SECRET=" + testSecret,
 		"SUBGATE_NORTHBOUND_MIN_BACKOFF=50ms",
 		"SUBGATE_NORTHBOUND_MAX_BACKOFF=200ms",
-		// A low publish cap makes the outbox back up, so the kill hits
-		// acknowledged items that were not published yet.
-		"SUBGATE_NORTHBOUND_MAX_MSGS_PER_SEC=20",
 		"SUBGATE_SOUTHBOUND_LISTEN=127.0.0.1:0",
-		"SUBGATE_SOUTHBOUND_CODEC=jsonl",
 		"SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID=" + testProduct,
 		"SUBGATE_ADMIN_LISTEN=",
 		"SUBGATE_STORE_DIR=" + os.Getenv("CRASH_DIR"),
 	}
-	cfg, err := LoadConfig("", env)
+	cfg, err := LoadConfig("", append(base, env...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,12 +75,15 @@ func TestCrashChild(t *testing.T) {
 	}
 }
 
-// startChild runs a gateway in a child process and returns its device
-// address.
-func startChild(t *testing.T, simAddr, dir string) (*exec.Cmd, string) {
+// startChild re-executes the test binary to run the child gateway test
+// name (see runChild) on simAddr with its store in dir, env added to the
+// child's environment, and returns the process and the gateway's device
+// address. The process is killed and waited for at cleanup.
+func startChild(t *testing.T, name, simAddr, dir string, env ...string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
-	cmd.Env = append(os.Environ(), "SUBGATE_CRASH_CHILD=1", "CRASH_SIM="+simAddr, "CRASH_DIR="+dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.v")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+name, "CRASH_SIM="+simAddr, "CRASH_DIR="+dir)
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +120,7 @@ func TestKill9LosesNothing(t *testing.T) {
 	}
 	sim := startSim(t, "127.0.0.1:0")
 	dir := t.TempDir()
-	child, addr := startChild(t, sim.Addr(), dir)
+	child, addr := startChild(t, "TestCrashChild", sim.Addr(), dir)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -168,7 +185,7 @@ killed:
 	}
 
 	// Restart on the same store: the outbox is replayed.
-	startChild(t, sim.Addr(), dir)
+	startChild(t, "TestCrashChild", sim.Addr(), dir)
 	waitSimLong(t, sim, func(v *iotdasim.View) bool {
 		got := map[int]bool{}
 		for _, p := range v.Properties(devID) {

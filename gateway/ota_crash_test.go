@@ -1,98 +1,40 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/subgate/subgate/northbound/iotdasim"
 	"github.com/subgate/subgate/southbound/southboundtest"
 )
 
 // TestOTACrashChild is the gateway process of TestOTAKill9Resumes. It runs
-// only when re-executed by that test.
+// only when re-executed by that test, with the package server's CA file in
+// OTA_CRASH_CA.
 func TestOTACrashChild(t *testing.T) {
-	if os.Getenv("SUBGATE_OTA_CRASH_CHILD") == "" {
-		t.Skip("helper process of TestOTAKill9Resumes")
-	}
-	env := []string{
-		"SUBGATE_NORTHBOUND_SERVER=tcp://" + os.Getenv("OTA_CRASH_SIM"),
-		"SUBGATE_NORTHBOUND_DEVICE_ID=" + testGW,
-		"SUBGATE_NORTHBOUND_SECRET=" + testSecret,
-		"SUBGATE_NORTHBOUND_MIN_BACKOFF=50ms",
-		"SUBGATE_NORTHBOUND_MAX_BACKOFF=200ms",
+	runChild(t, "TestOTACrashChild",
 		"SUBGATE_NORTHBOUND_MAX_MSGS_PER_SEC=1000",
-		"SUBGATE_SOUTHBOUND_LISTEN=127.0.0.1:0",
 		"SUBGATE_SOUTHBOUND_CODEC=binary",
-		"SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID=" + testProduct,
 		"SUBGATE_SUBDEVICE_STATUS_DEBOUNCE=20ms",
-		"SUBGATE_ADMIN_LISTEN=",
-		"SUBGATE_STORE_DIR=" + os.Getenv("OTA_CRASH_DIR"),
-		"SUBGATE_OTA_CA_FILE=" + os.Getenv("OTA_CRASH_CA"),
+		"SUBGATE_OTA_CA_FILE="+os.Getenv("OTA_CRASH_CA"),
 		"SUBGATE_OTA_CHUNK_SIZE=4096",
 		"SUBGATE_OTA_ACK_TIMEOUT=3s",
 		"SUBGATE_OTA_PROGRESS_INTERVAL=20ms",
 		"SUBGATE_OTA_RETRY_BACKOFF=50ms",
-	}
-	cfg, err := LoadConfig("", env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := New(cfg, Deps{Registry: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	go func() {
-		<-gw.Ready()
-		fmt.Printf("ADDR %s\n", gw.SouthboundAddr())
-	}()
-	if err := gw.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
+	)
 }
 
+// startOTAChild starts TestOTACrashChild with the package server's CA file
+// ca (see startChild).
 func startOTAChild(t *testing.T, simAddr, dir, ca string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOTACrashChild$", "-test.v")
-	cmd.Env = append(os.Environ(), "SUBGATE_OTA_CRASH_CHILD=1", "OTA_CRASH_SIM="+simAddr, "OTA_CRASH_DIR="+dir, "OTA_CRASH_CA="+ca)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "ADDR "); ok {
-				addr <- a
-			}
-		}
-	}()
-	select {
-	case a := <-addr:
-		return cmd, a
-	case <-time.After(30 * time.Second):
-		t.Fatal("child gateway did not start")
-		return nil, ""
-	}
+	return startChild(t, "TestOTACrashChild", simAddr, dir, "OTA_CRASH_CA="+ca)
 }
 
 func otaDial(t *testing.T, addr, node string) *southboundtest.Client {

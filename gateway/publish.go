@@ -197,6 +197,17 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			}
 			continue
 		}
+		if wait := g.linger(items); wait > 0 {
+			// Too few reports for a full batch and none old enough: wait a
+			// little for more, so the quota carries full batches and stays
+			// free for responses (northbound.batch_linger).
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+			continue
+		}
 		units := make([]unit, len(items))
 		for i, it := range items {
 			units[i] = unit{it: it, seqs: []uint64{it.Seq}}
@@ -239,6 +250,25 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			cursor = max(cursor, p.maxSeq)
 		}
 	}
+}
+
+// linger returns how long to wait before publishing a window that would
+// not fill a batch report, or 0 to publish now.
+func (g *Gateway) linger(items []store.Item) time.Duration {
+	l := g.cfg.Northbound.BatchLinger
+	if l <= 0 || len(items) >= iotda.MaxBatchDevices {
+		return 0
+	}
+	oldest := items[0].Enqueued
+	for _, it := range items {
+		if it.Kind != store.KindProperties {
+			return 0 // messages and events are not held back
+		}
+	}
+	if age := g.now().Sub(oldest); age < l {
+		return l - age
+	}
+	return 0
 }
 
 // packed is one publish built from outbox items.

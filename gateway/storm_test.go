@@ -26,7 +26,7 @@ const (
 	// the paced rate: the shutdown flush is not paced (every logged-out
 	// device's OFFLINE goes out at once, docs/architecture.md "Shutdown"),
 	// and it may share a window with the paced reports before it.
-	stormShutdownSlack = 100
+	stormShutdownSlack = stormReconnect // the unpaced shutdown flush reports every connected device at once
 )
 
 func stormNode(i int) string { return "storm" + strconv.Itoa(i) }

@@ -2,17 +2,8 @@ package northbound
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +13,7 @@ import (
 
 	"github.com/subgate/subgate/northbound/iotda"
 	"github.com/subgate/subgate/northbound/iotdasim"
+	"github.com/subgate/subgate/southbound/southboundtest"
 )
 
 const (
@@ -190,17 +182,15 @@ func TestBadCredentials(t *testing.T) {
 // without a password (iotda-protocol §1.3).
 func TestTLSVerifiesServer(t *testing.T) {
 	dir := t.TempDir()
-	caKey, caCert := newCA(t)
-	writeCert(t, dir, "ca", caCert, nil)
-	srvCert, srvKey := issue(t, caCert, caKey, "localhost", x509.ExtKeyUsageServerAuth)
-	writeCert(t, dir, "server", srvCert, srvKey)
-	cliCert, cliKey := issue(t, caCert, caKey, gwID, x509.ExtKeyUsageClientAuth)
-	writeCert(t, dir, "client", cliCert, cliKey)
+	ca := southboundtest.NewCA(t, "nb-test-ca")
+	caFile := ca.WriteCA(t, dir, "ca.pem")
+	srvCert, srvKey := ca.WriteFiles(t, dir, "server", "localhost", true)
+	cliCert, cliKey := ca.WriteFiles(t, dir, "client", gwID, false)
 	sim := startSim(t, func(c *iotdasim.Config) {
 		c.TLSListen = "127.0.0.1:0"
-		c.TLSCert = filepath.Join(dir, "server.pem")
-		c.TLSKey = filepath.Join(dir, "server.key")
-		c.ClientCAFile = filepath.Join(dir, "ca.pem")
+		c.TLSCert = srvCert
+		c.TLSKey = srvKey
+		c.ClientCAFile = caFile
 	})
 	_, port, _ := net.SplitHostPort(sim.TLSAddr())
 	server := "ssl://localhost:" + port
@@ -231,7 +221,7 @@ func TestTLSVerifiesServer(t *testing.T) {
 			}
 		}
 	}
-	if err := try(Config{Secret: secret, CAFile: filepath.Join(dir, "ca.pem")}); err != nil {
+	if err := try(Config{Secret: secret, CAFile: caFile}); err != nil {
 		t.Fatalf("TLS with the right CA: %v", err)
 	}
 	if err := try(Config{Secret: secret}); err == nil || !strings.Contains(err.Error(), "certificate") {
@@ -240,45 +230,7 @@ func TestTLSVerifiesServer(t *testing.T) {
 	if err := try(Config{Secret: secret, InsecureSkipVerify: true}); err != nil {
 		t.Fatalf("insecure switch: %v", err)
 	}
-	if err := try(Config{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"),
-		KeyFile: filepath.Join(dir, "client.key")}); err != nil {
+	if err := try(Config{CAFile: caFile, CertFile: cliCert, KeyFile: cliKey}); err != nil {
 		t.Fatalf("X.509 login: %v", err)
-	}
-}
-
-func newCA(t *testing.T) (*ecdsa.PrivateKey, *x509.Certificate) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nb-test-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return key, cert
-}
-
-func issue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, use x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{use}, DNSNames: []string{cn}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return cert, key
-}
-
-func writeCert(t *testing.T, dir, name string, cert *x509.Certificate, key *ecdsa.PrivateKey) {
-	t.Helper()
-	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600)
-	if key != nil {
-		b, _ := x509.MarshalECPrivateKey(key)
-		os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), 0o600)
 	}
 }

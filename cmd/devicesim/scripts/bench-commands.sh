@@ -57,100 +57,25 @@ GW_SECRET=bench-gw-secret
 PRODUCT=benchprod
 PREFIX=bench
 
-say() { echo "bench-commands: $*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for v in N PROCS RATE DURATION TIMEOUT_MS MAX_MSGS CONNECT_RATE ONLINE_TIMEOUT; do
-	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+check_uints N PROCS RATE DURATION TIMEOUT_MS MAX_MSGS CONNECT_RATE ONLINE_TIMEOUT
 ((N >= 1 && PROCS >= 1 && PROCS <= N && RATE >= 1 && DURATION >= 1)) || die "need N, PROCS, RATE, DURATION ≥ 1 and PROCS ≤ N"
-command -v curl >/dev/null || die "curl is needed"
-command -v jq >/dev/null || die "jq is needed"
+need curl jq
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-ulimit -n "$(ulimit -Hn)"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-commands.XXXXXX")
+bench_init
 BIN=${BIN:-$tmp/bin}
-sim_pid="" gw_pid="" dev_pids=()
+build_bins subgate iotdasim devicesim
 
-stop_pid() { # stop_pid PID SIGNAL: signal, wait at most 30 s, then kill
-	local pid=$1 sig=$2 i
-	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < 300; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && { say "process $pid did not stop in 30s: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-	wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
-	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
-	[[ -n $sim_pid ]] && stop_pid "$sim_pid" TERM
-	if ((rc != 0)); then
-		for f in gateway.log iotdasim.log; do
-			[[ -f $tmp/$f ]] && { say "last lines of $f:"; tail -n 15 "$tmp/$f" >&2; }
-		done
-	fi
-	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then say "logs kept in $tmp"; else rm -rf "$tmp"; fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [[ $SKIP_BUILD == 1 ]]; then
-	for b in subgate iotdasim devicesim; do [[ -x $BIN/$b ]] || die "SKIP_BUILD=1 but $BIN/$b is missing"; done
-else
-	say "building into $BIN"
-	mkdir -p "$BIN"
-	(cd "$root" && go build -o "$BIN/subgate" ./cmd/subgate && go build -o "$BIN/iotdasim" ./cmd/iotdasim &&
-		go build -o "$BIN/devicesim" ./cmd/devicesim)
-fi
-
-wait_http() { # wait_http URL SECONDS PID: until URL answers 200
-	local i code
-	for ((i = 0; i < $2 * 10; i++)); do
-		kill -0 "$3" 2>/dev/null || die "process $3 exited (waiting for $1)"
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true)
-		[[ $code == 200 ]] && return 0
-		sleep 0.1
-	done
-	die "$1 did not answer 200 within $2 s"
-}
-
-say "starting the simulator on $MQTT_ADDR (load API $LOAD_ADDR)"
-"$BIN/iotdasim" -listen "$MQTT_ADDR" -http "" -load-http "$LOAD_ADDR" -device "$GW:$GW_SECRET" \
-	-log-level WARN >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
-sim_pid=$!
-wait_http "http://$LOAD_ADDR/api/load/status?gateway=$GW" 20 "$sim_pid"
+start_load_sim
 
 say "starting the gateway (codec binary, max_msgs_per_sec $MAX_MSGS, store in $tmp/data)"
-(
-	cd "$tmp"
-	exec env SUBGATE_NORTHBOUND_SERVER="tcp://$MQTT_ADDR" SUBGATE_NORTHBOUND_DEVICE_ID="$GW" \
-		SUBGATE_NORTHBOUND_SECRET="$GW_SECRET" SUBGATE_NORTHBOUND_MAX_MSGS_PER_SEC="$MAX_MSGS" \
-		SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_AUTH=open \
-		SUBGATE_SOUTHBOUND_MAX_CONNS=30000 SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID="$PRODUCT" \
-		SUBGATE_STORE_DIR="$tmp/data" SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" SUBGATE_LOG_LEVEL=warn \
-		"$BIN/subgate"
-) >"$tmp/gateway.out" 2>"$tmp/gateway.log" &
-gw_pid=$!
+start_gateway gateway SUBGATE_NORTHBOUND_MAX_MSGS_PER_SEC="$MAX_MSGS" SUBGATE_LOG_LEVEL=warn
 wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
 
 hold=$((ONLINE_TIMEOUT + DURATION + TIMEOUT_MS / 1000 + 120))
-per=$((N / PROCS)) offset=0
-for ((p = 0; p < PROCS; p++)); do
-	n=$per
-	((p == PROCS - 1)) && n=$((N - offset))
-	"$BIN/devicesim" -addr "$SB_ADDR" -codec binary -n "$n" -offset "$offset" -prefix "$PREFIX" -answer \
-		-src "$SRC" -connect-rate "$CONNECT_RATE" -hold "${hold}s" -duration "$((hold + 60))s" -report 0 \
-		>"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
-	dev_pids+=($!)
-	offset=$((offset + n))
-done
+start_devices "$N" binary "$PREFIX" -answer -hold "${hold}s" -duration "$((hold + 60))s" -report 0
 say "started ${#dev_pids[@]} devicesim processes for $N devices; waiting until all are ONLINE at the simulator"
 
 status_url="http://$LOAD_ADDR/api/load/status?gateway=$GW&prefix=$PREFIX&from=0&to=$N"

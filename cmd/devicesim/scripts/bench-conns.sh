@@ -75,12 +75,10 @@ PROFILE=${PROFILE:-}
 KEEP_LOGS=${KEEP_LOGS:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 
-say() { echo "bench-conns: $*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for v in N PROCS CONNECT_RATE READY_TIMEOUT SESSIONS_TIMEOUT QUIET_TIMEOUT SETTLE; do
-	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+check_uints N PROCS CONNECT_RATE READY_TIMEOUT SESSIONS_TIMEOUT QUIET_TIMEOUT SETTLE
 ((N >= 1)) || die "N must be at least 1"
 ((PROCS >= 1 && PROCS <= N)) || die "PROCS must be in [1, N]"
 [[ $AUTH == token || $AUTH == open ]] || die "AUTH must be token or open, got '$AUTH'"
@@ -88,63 +86,19 @@ done
 [[ -z $GW_GOGC || $GW_GOGC =~ ^([0-9]+|off)$ ]] || die "GW_GOGC must be a number or off, got '$GW_GOGC'"
 [[ -z $GW_GOMEMLIMIT || $GW_GOMEMLIMIT =~ ^[0-9]+(B|KiB|MiB|GiB|TiB)?$ ]] ||
 	die "GW_GOMEMLIMIT must look like 200MiB, got '$GW_GOMEMLIMIT'"
-command -v curl >/dev/null || die "curl is needed"
+need curl
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+bench_init
 cd "$root"
-
-# Each process opens one descriptor per connection: use the hard limit.
-ulimit -n "$(ulimit -Hn)"
 say "open files limit $(ulimit -n)"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-conns.XXXXXX")
-chmod 700 "$tmp"
-gw_pid=""
-sim_pid=""
-dev_pids=()
-
-# stop_pid PID SIGNAL: signal a process we started and wait for it, at
-# most 30 s, then kill it.
-stop_pid() {
-	local pid=$1 sig=$2 i
-	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < 300; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	if kill -0 "$pid" 2>/dev/null; then
-		say "process $pid did not stop in 30s: killing it"
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
+BIN=./bin
+sim_sig=INT
+show_logs() {
+	[[ -f $tmp/gateway.log ]] || return 0
+	say "last gateway log lines:"
+	tail -n 20 "$tmp/gateway.log" >&2 || true
 }
 
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
-	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
-	[[ -n $sim_pid ]] && stop_pid "$sim_pid" INT
-	if ((rc != 0)) && [[ -f $tmp/gateway.log ]]; then
-		say "last gateway log lines:"
-		tail -n 20 "$tmp/gateway.log" >&2 || true
-	fi
-	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then
-		say "logs kept in $tmp"
-	else
-		rm -rf "$tmp"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# metric NAME: the value of an unlabelled metric, as an integer (-1: none).
-metric() {
-	curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" |
-		awk -v m="$1" '$1 == m { printf "%d\n", $2; found = 1 } END { if (!found) print -1 }'
-}
 # status_kib PID FIELD: a /proc/PID/status field in KiB (0 when absent).
 status_kib() { awk -v f="$2:" '$1 == f { v = $2 } END { print v + 0 }' "/proc/$1/status"; }
 # force_gc: run a full GC in the gateway (the heap profile handler does,
@@ -170,7 +124,6 @@ snapshot() {
 	printf -v "$1_stack" %d "$(awk '$1 == "go_memstats_stack_inuse_bytes" { printf "%d", $2 }' <<<"$m")"
 	printf -v "$1_sys" %d "$(awk '$1 == "go_memstats_sys_bytes" { printf "%d", $2 }' <<<"$m")"
 }
-alive() { kill -0 "$1" 2>/dev/null; }
 check_procs() {
 	alive "$gw_pid" || die "the gateway exited"
 	alive "$sim_pid" || die "iotdasim exited"
@@ -183,24 +136,14 @@ if curl -s -o /dev/null --max-time 2 "http://$ADMIN_ADDR/readyz"; then
 	die "something already answers on $ADMIN_ADDR: stop it or set ADMIN_ADDR"
 fi
 
-if [[ $SKIP_BUILD == 1 ]]; then
-	for b in subgate iotdasim devicesim; do
-		[[ -x bin/$b ]] || die "SKIP_BUILD=1 but bin/$b is missing"
-	done
-else
-	say "building into ./bin"
-	mkdir -p bin
-	go build -o bin/subgate ./cmd/subgate
-	go build -o bin/iotdasim ./cmd/iotdasim
-	go build -o bin/devicesim ./cmd/devicesim
-fi
+build_bins subgate iotdasim devicesim
 
 # Gateway credentials at the simulator: fresh for every run.
 gw_id=bench-gw
 gw_secret=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 say "starting iotdasim on $SIM_ADDR"
-./bin/iotdasim -listen "$SIM_ADDR" -http "" -device "$gw_id:$gw_secret" -log-level WARN \
+"$BIN/iotdasim" -listen "$SIM_ADDR" -http "" -device "$gw_id:$gw_secret" -log-level WARN \
 	>"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
 sim_pid=$!
 for ((i = 0; ; i++)); do
@@ -253,7 +196,7 @@ if [[ $AUTH == token ]]; then
 	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/master"
 	secret_args=(-secret-file "$tmp/master" -secret-derive)
 	say "provisioning $N token secrets through the admin API"
-	./bin/devicesim -print-secrets -n "$N" -offset 0 -prefix bench "${secret_args[@]}" |
+	"$BIN/devicesim" -print-secrets -n "$N" -offset 0 -prefix bench "${secret_args[@]}" |
 		awk -v a="$ADMIN_ADDR" '{
 			if (NR > 1) print "next"
 			printf "url = \"http://%s/api/v1/tokens/%s\"\nrequest = \"PUT\"\n", a, $1
@@ -272,18 +215,8 @@ snapshot before
 
 # Hold the devices longer than the whole measurement; the trap ends them.
 hold=$((SESSIONS_TIMEOUT + QUIET_TIMEOUT + SETTLE + 120))s
-per=$((N / PROCS))
-offset=0
-for ((p = 0; p < PROCS; p++)); do
-	n=$per
-	((p == PROCS - 1)) && n=$((N - offset))
-	./bin/devicesim -addr "$SB_ADDR" -codec "$CODEC" -n "$n" -offset "$offset" -prefix bench \
-		"${secret_args[@]}" -src "$SRC" -connect-rate "$CONNECT_RATE" -hold "$hold" \
-		-duration "$((SESSIONS_TIMEOUT + QUIET_TIMEOUT + SETTLE + 300))s" \
-		-report 10s >"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
-	dev_pids+=($!)
-	offset=$((offset + n))
-done
+start_devices "$N" "$CODEC" bench "${secret_args[@]}" -hold "$hold" \
+	-duration "$((SESSIONS_TIMEOUT + QUIET_TIMEOUT + SETTLE + 300))s" -report 10s
 say "started ${#dev_pids[@]} devicesim processes for $N devices"
 
 start=$SECONDS
@@ -325,8 +258,7 @@ for pid in "${dev_pids[@]}"; do
 done
 sim_rss=$(status_kib "$sim_pid" VmRSS)
 
-for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
-dev_pids=()
+stop_devices
 cat "$tmp"/devicesim.*.out
 
 echo "n=$N codec=$CODEC auth=$AUTH sessions=$sessions gogc=${GW_GOGC:-default} gomemlimit=${GW_GOMEMLIMIT:-none}"

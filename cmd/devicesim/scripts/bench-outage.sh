@@ -46,121 +46,27 @@ KEEP_LOGS=${KEEP_LOGS:-0}
 GW=subgate-dev-gw # iotdasim.DevDefaults
 PREFIX=out
 
-say() { echo "bench-outage: $*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for v in N PROCS BEFORE OUTAGE AFTER DRAIN_TIMEOUT CONNECT_RATE; do
-	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+check_uints N PROCS BEFORE OUTAGE AFTER DRAIN_TIMEOUT CONNECT_RATE
 [[ $MSG_RATE =~ ^[0-9]*\.?[0-9]+$ ]] || die "MSG_RATE must be a number, got '$MSG_RATE'"
 ((N >= 1 && PROCS >= 1 && PROCS <= N && OUTAGE >= 1)) || die "need N, PROCS, OUTAGE ≥ 1 and PROCS ≤ N"
-command -v curl >/dev/null || die "curl is needed"
-command -v jq >/dev/null || die "jq is needed"
+need curl jq
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-ulimit -n "$(ulimit -Hn)"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-outage.XXXXXX")
+bench_init
 BIN=${BIN:-$tmp/bin}
-gw_pid="" dev_pids=()
+build_bins subgate devicesim
+start_dev_gateway
 
-stop_pid() { # stop_pid PID SIGNAL: signal, wait at most 30 s, then kill
-	local pid=$1 sig=$2 i
-	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < 300; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && { say "process $pid did not stop in 30s: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-	wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
-	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
-	if ((rc != 0)); then
-		[[ -f $tmp/gateway.log ]] && { say "last lines of gateway.log:"; tail -n 15 "$tmp/gateway.log" >&2; }
-	fi
-	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then say "logs kept in $tmp"; else rm -rf "$tmp"; fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [[ $SKIP_BUILD == 1 ]]; then
-	for b in subgate devicesim; do [[ -x $BIN/$b ]] || die "SKIP_BUILD=1 but $BIN/$b is missing"; done
-else
-	say "building into $BIN"
-	mkdir -p "$BIN"
-	(cd "$root" && go build -o "$BIN/subgate" ./cmd/subgate && go build -o "$BIN/devicesim" ./cmd/devicesim)
-fi
-
-wait_http() { # wait_http URL SECONDS PID: until URL answers 200
-	local i code
-	for ((i = 0; i < $2 * 10; i++)); do
-		kill -0 "$3" 2>/dev/null || die "process $3 exited (waiting for $1)"
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true)
-		[[ $code == 200 ]] && return 0
-		sleep 0.1
-	done
-	die "$1 did not answer 200 within $2 s"
-}
-stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
-stats() { curl -s --max-time 30 --retry 2 "$stats_url" || true; } # empty during the outage
-outbox() { # items in the gateway's outbox (a large number if unreadable)
-	local v
-	v=$(curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" | awk '/^subgate_outbox_messages /{ print int($2) }')
-	echo "${v:-999999999}"
-}
-
-say "starting subgate -dev (codec binary, simulator HTTP $SIM_HTTP, store in $tmp/data)"
-(
-	cd "$tmp"
-	exec env SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
-		SUBGATE_STORE_DIR="$tmp/data" SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" SUBGATE_LOG_LEVEL=warn \
-		"$BIN/subgate" -dev -dev-http "$SIM_HTTP"
-) >"$tmp/gateway.out" 2>"$tmp/gateway.log" &
-gw_pid=$!
-wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
-wait_http "$stats_url" 20 "$gw_pid"
-
-# devices ARGS...: start PROCS devicesim processes sharing N devices.
-devices() {
-	local per=$((N / PROCS)) offset=0 p n
-	dev_pids=()
-	for ((p = 0; p < PROCS; p++)); do
-		n=$per
-		((p == PROCS - 1)) && n=$((N - offset))
-		"$BIN/devicesim" -addr "$SB_ADDR" -codec binary -n "$n" -offset "$offset" -prefix "$PREFIX" \
-			-src "$SRC" -connect-rate "$CONNECT_RATE" -report 0 -json "$@" \
-			>"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
-		dev_pids+=($!)
-		offset=$((offset + n))
-	done
-}
-
-say "registration pass: $N devices connect once"
-devices -hold 600s -duration 900s
-start=$SECONDS
-while :; do
-	known=$(curl -s --max-time 10 "http://$SIM_HTTP/api/devices?gateway=$GW" | jq '.devices | length')
-	((known >= N)) && break
-	((SECONDS - start < 600)) || die "only $known of $N devices registered after 600 s"
-	sleep 2
-done
-for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
-say "all $N registered after $((SECONDS - start)) s"
+register_devices
 
 hold=$((BEFORE + OUTAGE + AFTER + 30))
 say "load pass: $N devices, $MSG_RATE reports/s each, -ack -counter; outage of ${OUTAGE}s after ${BEFORE}s"
-devices -msg-rate "$MSG_RATE" -ack -counter -hold "${hold}s" -drain 60s -duration "$((hold + 300))s"
+dev_devices -msg-rate "$MSG_RATE" -ack -counter -hold "${hold}s" -drain 60s -duration "$((hold + 300))s"
 # The clock starts once the reports flow.
 start=$SECONDS
-until (($(stats | jq '.counted // 0' 2>/dev/null || echo 0) > N)); do
-	((SECONDS - start < 120)) || die "no reports at the simulator after 120 s"
-	sleep 1
-done
+wait_reports
 say "reports flowing after $((SECONDS - start)) s; outage in ${BEFORE}s"
 pre_outbox=0
 for ((i = 0; i < BEFORE; i++)); do

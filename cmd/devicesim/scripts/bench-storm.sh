@@ -47,97 +47,28 @@ GW_SECRET=storm-gw-secret
 PRODUCT=stormprod
 PREFIX=storm
 
-say() { echo "bench-storm: $*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for v in RECORDS CONNECT PROCS CONNECT_RATE SYNC_TIMEOUT CONVERGE_TIMEOUT; do
-	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+check_uints RECORDS CONNECT PROCS CONNECT_RATE SYNC_TIMEOUT CONVERGE_TIMEOUT
 ((RECORDS >= 1 && RECORDS <= 50000)) || die "RECORDS must be in [1, 50000] (IoTDA's per-gateway maximum)"
 ((CONNECT >= 1 && CONNECT <= RECORDS && PROCS >= 1 && PROCS <= CONNECT)) || die "need 1 ≤ CONNECT ≤ RECORDS and 1 ≤ PROCS ≤ CONNECT"
-command -v curl >/dev/null || die "curl is needed"
-command -v jq >/dev/null || die "jq is needed"
+need curl jq
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-ulimit -n "$(ulimit -Hn)"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-storm.XXXXXX")
+bench_init
 BIN=${BIN:-$tmp/bin}
-sim_pid="" gw_pid="" dev_pids=()
-
-stop_pid() { # stop_pid PID SIGNAL: signal, wait at most 30 s, then kill
-	local pid=$1 sig=$2 i
-	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < 300; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$pid" 2>/dev/null && { say "process $pid did not stop in 30s: killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-	wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
-	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
-	[[ -n $sim_pid ]] && stop_pid "$sim_pid" TERM
-	if ((rc != 0)); then
-		for f in gateway.log iotdasim.log; do
-			[[ -f $tmp/$f ]] && { say "last lines of $f:"; tail -n 15 "$tmp/$f" >&2; }
-		done
-	fi
-	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then say "logs kept in $tmp"; else rm -rf "$tmp"; fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [[ $SKIP_BUILD == 1 ]]; then
-	for b in subgate iotdasim devicesim; do [[ -x $BIN/$b ]] || die "SKIP_BUILD=1 but $BIN/$b is missing"; done
-else
-	say "building into $BIN"
-	mkdir -p "$BIN"
-	(cd "$root" && go build -o "$BIN/subgate" ./cmd/subgate && go build -o "$BIN/iotdasim" ./cmd/iotdasim &&
-		go build -o "$BIN/devicesim" ./cmd/devicesim)
-fi
+build_bins subgate iotdasim devicesim
 
 now_ms() { date +%s%3N; }
-ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true) == 200 ]]; }
-wait_http() { # wait_http URL SECONDS PID: until URL answers 200
-	local i
-	for ((i = 0; i < $2 * 20; i++)); do
-		kill -0 "$3" 2>/dev/null || die "process $3 exited (waiting for $1)"
-		ready "$1" && return 0
-		sleep 0.05
-	done
-	die "$1 did not answer 200 within $2 s"
-}
+# Readiness is timed (ready_ms): ask twice as often as by default.
+poll_hz=20
 
-# start_gateway LOGNAME [VAR=VALUE...]: the gateway on the kept store.
-start_gateway() {
-	local log=$1
-	shift
-	(
-		cd "$tmp"
-		exec env SUBGATE_NORTHBOUND_SERVER="tcp://$MQTT_ADDR" SUBGATE_NORTHBOUND_DEVICE_ID="$GW" \
-			SUBGATE_NORTHBOUND_SECRET="$GW_SECRET" SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" \
-			SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_AUTH=open SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
-			SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID="$PRODUCT" SUBGATE_STORE_DIR="$tmp/data" \
-			SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" SUBGATE_LOG_LEVEL=info "$@" "$BIN/subgate"
-	) >"$tmp/$log.out" 2>"$tmp/$log.log" &
-	gw_pid=$!
-}
-
-say "starting the simulator on $MQTT_ADDR (load API $LOAD_ADDR)"
-"$BIN/iotdasim" -listen "$MQTT_ADDR" -http "" -load-http "$LOAD_ADDR" -device "$GW:$GW_SECRET" \
-	-log-level WARN >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
-sim_pid=$!
-wait_http "http://$LOAD_ADDR/api/load/status?gateway=$GW" 20 "$sim_pid"
+start_load_sim
 say "preparation run: the gateway learns the records by sync"
 # fsync off for this run only: it is preparation, and the store is closed
 # cleanly before the measured run (one transaction per notification of 50
 # with fsync made a 50,000-record sync take minutes here under load).
-start_gateway prep SUBGATE_SUBDEVICE_STARTUP_GRACE=1h SUBGATE_STORE_NO_SYNC=1
+start_gateway prep SUBGATE_LOG_LEVEL=info SUBGATE_SUBDEVICE_STARTUP_GRACE=1h SUBGATE_STORE_NO_SYNC=1
 wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
 # Seeded in chunks of 50 while the gateway is connected, one add
 # notification per request. One bulk add before the sync would be the
@@ -165,21 +96,13 @@ gw_pid=""
 # The measured run: production status settings.
 since=$(now_ms)
 t0=$(now_ms)
-start_gateway run
+start_gateway run SUBGATE_LOG_LEVEL=info
 wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
 ready_ms=$(($(now_ms) - t0))
 say "gateway ready ${ready_ms} ms after start with $RECORDS records; $CONNECT devices reconnect"
 
-per=$((CONNECT / PROCS)) offset=0
-for ((p = 0; p < PROCS; p++)); do
-	n=$per
-	((p == PROCS - 1)) && n=$((CONNECT - offset))
-	"$BIN/devicesim" -addr "$SB_ADDR" -codec binary -n "$n" -offset "$offset" -prefix "$PREFIX" \
-		-src "$SRC" -connect-rate "$CONNECT_RATE" -max-pending 2000 -hold "$((CONVERGE_TIMEOUT + 120))s" \
-		-duration "$((CONVERGE_TIMEOUT + 180))s" -report 0 >"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
-	dev_pids+=($!)
-	offset=$((offset + n))
-done
+start_devices "$CONNECT" binary "$PREFIX" -max-pending 2000 -hold "$((CONVERGE_TIMEOUT + 120))s" \
+	-duration "$((CONVERGE_TIMEOUT + 180))s" -report 0
 
 status_url="http://$LOAD_ADDR/api/load/status?gateway=$GW&since=$since&prefix=$PREFIX&from=0&to=$CONNECT"
 others=$((RECORDS - CONNECT))
@@ -192,8 +115,8 @@ while :; do
 	entries=$(echo "$s" | jq .reports.entries)
 	el=$((($(now_ms) - start_ms) / 1000))
 	if [[ -z $sessions_at ]]; then
-		sess=$(curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" | awk '$1 == "subgate_southbound_sessions" { printf "%d", $2 }')
-		((${sess:-0} >= CONNECT)) && { sessions_at=$el; say "all $CONNECT devices connected after ${el}s"; }
+		sess=$(metric subgate_southbound_sessions)
+		((sess >= CONNECT)) && { sessions_at=$el; say "all $CONNECT devices connected after ${el}s"; }
 	fi
 	if [[ -z $converged ]] && ((on == CONNECT && off == others)); then
 		converged=$el

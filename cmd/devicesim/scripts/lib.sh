@@ -1,0 +1,242 @@
+# lib.sh holds what the bench-*.sh scripts share; they source it, it is not
+# run on its own. It expects `set -euo pipefail` and these variables, where
+# a function needs them: SB_ADDR ADMIN_ADDR (gateway), SRC CONNECT_RATE
+# PROCS (devicesim), SKIP_BUILD KEEP_LOGS, and for the simulator helpers
+# MQTT_ADDR LOAD_ADDR GW GW_SECRET PRODUCT, or SIM_HTTP GW N PREFIX.
+#
+# After bench_init it keeps the processes it starts in gw_pid, sim_pid and
+# dev_pids, and stops them all on exit (EXIT trap): devicesim with SIGINT,
+# the gateway with SIGTERM, the simulator with $sim_sig.
+
+# bench is the sourcing script's name, the prefix of every message.
+bench=$(basename "${BASH_SOURCE[1]}" .sh)
+bench_lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# sim_sig is the signal that stops the simulator process.
+sim_sig=TERM
+# poll_hz is how many times a second wait_http asks.
+poll_hz=10
+
+say() { echo "$bench: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# check_uints VAR...: each variable must hold a non-negative integer.
+check_uints() {
+	local v
+	for v in "$@"; do
+		[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+	done
+}
+
+# need CMD...: each command must be installed.
+need() {
+	local c
+	for c in "$@"; do
+		command -v "$c" >/dev/null || die "$c is needed"
+	done
+}
+
+# bench_init sets root (the repository), raises the open files limit to the
+# hard limit (each process opens one descriptor per connection), creates
+# the private temporary directory tmp and installs the traps: on exit
+# everything started is stopped and tmp removed, unless KEEP_LOGS=1 or the
+# script failed.
+bench_init() {
+	root=$(cd "$bench_lib_dir/../../.." && pwd)
+	ulimit -n "$(ulimit -Hn)"
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/$bench.XXXXXX")
+	chmod 700 "$tmp"
+	gw_pid="" sim_pid="" dev_pids=()
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+}
+
+# stop_pid PID SIGNAL: signal a process we started and wait for it, at
+# most 30 s, then kill it.
+stop_pid() {
+	local pid=$1 sig=$2 i
+	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+	kill "-$sig" "$pid" 2>/dev/null || true
+	for ((i = 0; i < 300; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		say "process $pid did not stop in 30s: killing it"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || true
+}
+
+# show_logs prints the end of the gateway's and the simulator's logs after
+# a failure; a script may define its own after sourcing this file.
+show_logs() {
+	local f
+	for f in gateway.log iotdasim.log; do
+		[[ -f $tmp/$f ]] || continue
+		say "last lines of $f:"
+		tail -n 15 "$tmp/$f" >&2 || true
+	done
+}
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
+	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
+	[[ -n $sim_pid ]] && stop_pid "$sim_pid" "$sim_sig"
+	((rc == 0)) || show_logs
+	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then say "logs kept in $tmp"; else rm -rf "$tmp"; fi
+	exit "$rc"
+}
+
+# build_bins NAME...: build ./cmd/NAME into BIN, or with SKIP_BUILD=1 check
+# that the binaries are there.
+build_bins() {
+	local b
+	if [[ $SKIP_BUILD == 1 ]]; then
+		for b in "$@"; do [[ -x $BIN/$b ]] || die "SKIP_BUILD=1 but ${BIN#./}/$b is missing"; done
+		return 0
+	fi
+	say "building into $BIN"
+	mkdir -p "$BIN"
+	for b in "$@"; do (cd "$root" && go build -o "$BIN/$b" "./cmd/$b"); done
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# wait_http URL SECONDS PID: until URL answers 200 (asked poll_hz times a
+# second); fails when PID exits or after SECONDS.
+wait_http() {
+	local i pause
+	pause=$(awk -v hz="$poll_hz" 'BEGIN { print 1 / hz }')
+	for ((i = 0; i < $2 * poll_hz; i++)); do
+		alive "$3" || die "process $3 exited (waiting for $1)"
+		[[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true) == 200 ]] && return 0
+		sleep "$pause"
+	done
+	die "$1 did not answer 200 within $2 s"
+}
+
+# metric NAME: the value of an unlabelled gateway metric, as an integer
+# (-1: none, or the admin API did not answer).
+metric() {
+	curl -s --max-time 5 "http://$ADMIN_ADDR/metrics" |
+		awk -v m="$1" '$1 == m { printf "%d\n", $2; found = 1 } END { if (!found) print -1 }'
+}
+
+# start_devices TOTAL CODEC PREFIX ARGS...: PROCS devicesim processes
+# sharing TOTAL devices (disjoint node id ranges) on SB_ADDR, ARGS added.
+# Their pids replace dev_pids; process P writes $tmp/devicesim.P.out/.log.
+start_devices() {
+	local total=$1 codec=$2 prefix=$3 per offset=0 p n
+	shift 3
+	per=$((total / PROCS))
+	dev_pids=()
+	for ((p = 0; p < PROCS; p++)); do
+		n=$per
+		((p == PROCS - 1)) && n=$((total - offset))
+		"$BIN/devicesim" -addr "$SB_ADDR" -codec "$codec" -n "$n" -offset "$offset" -prefix "$prefix" \
+			-src "$SRC" -connect-rate "$CONNECT_RATE" "$@" >"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
+		dev_pids+=($!)
+		offset=$((offset + n))
+	done
+}
+
+# stop_devices stops the devicesim processes (SIGINT: they print their
+# summaries) and forgets them.
+stop_devices() {
+	local pid
+	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
+	dev_pids=()
+}
+
+# --- A separate iotdasim with its load API, and a gateway using it.
+
+# start_load_sim starts iotdasim on MQTT_ADDR with its load API on
+# LOAD_ADDR and the gateway device GW, and waits for it.
+start_load_sim() {
+	say "starting the simulator on $MQTT_ADDR (load API $LOAD_ADDR)"
+	"$BIN/iotdasim" -listen "$MQTT_ADDR" -http "" -load-http "$LOAD_ADDR" -device "$GW:$GW_SECRET" \
+		-log-level WARN >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
+	sim_pid=$!
+	wait_http "http://$LOAD_ADDR/api/load/status?gateway=$GW" 20 "$sim_pid"
+}
+
+# start_gateway LOGNAME [VAR=VALUE...]: subgate as GW at that simulator
+# (binary codec, open auth, store in $tmp/data), its output in
+# $tmp/LOGNAME.out/.log, with the settings VAR=VALUE added.
+start_gateway() {
+	local log=$1
+	shift
+	(
+		cd "$tmp"
+		exec env SUBGATE_NORTHBOUND_SERVER="tcp://$MQTT_ADDR" SUBGATE_NORTHBOUND_DEVICE_ID="$GW" \
+			SUBGATE_NORTHBOUND_SECRET="$GW_SECRET" SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" \
+			SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_AUTH=open SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
+			SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID="$PRODUCT" SUBGATE_STORE_DIR="$tmp/data" \
+			SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" "$@" "$BIN/subgate"
+	) >"$tmp/$log.out" 2>"$tmp/$log.log" &
+	gw_pid=$!
+}
+
+# --- `subgate -dev`: gateway and simulator in one process.
+
+# start_dev_gateway starts subgate -dev (binary codec, simulator HTTP API on
+# SIM_HTTP, store in $tmp/data) and waits for its admin and simulator APIs.
+start_dev_gateway() {
+	stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
+	say "starting subgate -dev (codec binary, simulator HTTP $SIM_HTTP, store in $tmp/data)"
+	(
+		cd "$tmp"
+		exec env SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
+			SUBGATE_STORE_DIR="$tmp/data" SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" SUBGATE_LOG_LEVEL=warn \
+			"$BIN/subgate" -dev -dev-http "$SIM_HTTP"
+	) >"$tmp/gateway.out" 2>"$tmp/gateway.log" &
+	gw_pid=$!
+	wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
+	wait_http "$stats_url" 20 "$gw_pid"
+}
+
+# stats: the simulator's GET /api/stats for GW (empty during an outage).
+stats() { curl -s --max-time 30 --retry 2 "$stats_url" || true; }
+
+# outbox: items in the gateway's outbox (a large number if unreadable).
+outbox() {
+	local v
+	v=$(metric subgate_outbox_messages)
+	((v >= 0)) || v=999999999
+	echo "$v"
+}
+
+# dev_devices ARGS...: start_devices for N devices of PREFIX, binary codec,
+# JSON summaries, ARGS added.
+dev_devices() { start_devices "$N" binary "$PREFIX" -report 0 -json "$@"; }
+
+# register_devices connects the N devices once and waits (at most 600 s)
+# until the simulator knows them all: it drops reports of devices it does
+# not know yet.
+register_devices() {
+	local start known
+	say "registration pass: $N devices connect once"
+	dev_devices -hold 600s -duration 900s
+	start=$SECONDS
+	while :; do
+		known=$(curl -s --max-time 10 "http://$SIM_HTTP/api/devices?gateway=$GW" | jq '.devices | length')
+		((known >= N)) && break
+		((SECONDS - start < 600)) || die "only $known of $N devices registered after 600 s"
+		sleep 2
+	done
+	stop_devices
+	say "all $N registered after $((SECONDS - start)) s"
+}
+
+# wait_reports waits (at most 120 s) until the simulator has counted more
+# than N reports.
+wait_reports() {
+	local start=$SECONDS
+	until (($(stats | jq '.counted // 0' 2>/dev/null || echo 0) > N)); do
+		((SECONDS - start < 120)) || die "no reports at the simulator after 120 s"
+		sleep 1
+	done
+}
