@@ -157,6 +157,7 @@ func (g *Gateway) persistAsync(d subdevice.Device) {
 	case g.regs.persist <- d.DeviceID:
 	default:
 		g.m.persistDropped.Inc()
+		g.hit("persist_queue", "device_id", d.DeviceID)
 	}
 }
 

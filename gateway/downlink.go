@@ -254,7 +254,7 @@ func (c *correlator) request(k reqKind, rid, deviceID string, f frame.Frame) {
 	if len(c.pending) >= g.cfg.Subdevice.MaxPending {
 		c.mu.Unlock()
 		g.m.downlink.WithLabelValues(k.String(), "too_many_pending").Inc()
-		g.m.limitHits.WithLabelValues("max_pending").Inc()
+		g.hit("max_pending", "request_id", rid, "max", g.cfg.Subdevice.MaxPending)
 		g.respond(k, rid, failure(k, "the gateway has too many requests in flight"))
 		return
 	}

@@ -91,6 +91,7 @@ type Gateway struct {
 	awaits    chan awaitMsg
 	timeOff   atomic.Int64 // platform time minus local time, ms
 	dlog      deviceLog
+	limits    limitLog
 	eventSeq  atomic.Uint64
 	shadowSeq atomic.Uint64
 	lastSeq   atomic.Uint64 // highest outbox seq appended by this process

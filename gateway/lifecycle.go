@@ -420,7 +420,7 @@ func (r *registrar) request(node, deviceID, product string, hello frame.Frame) e
 		r.mu.Lock()
 		delete(r.pending, node)
 		r.mu.Unlock()
-		r.g.m.limitHits.WithLabelValues("registration_queue").Inc()
+		r.g.hit("registration_queue", "node_id", node)
 		return errQueueFull
 	}
 }
@@ -456,9 +456,7 @@ func (r *registrar) event(ev iotda.Event) {
 	select {
 	case r.events <- ev:
 	default:
-		r.g.m.limitHits.WithLabelValues("event_queue").Inc()
-		r.g.log.Warn("sub-device event queue full, event dropped; the next sync repairs it", "component", "gateway",
-			"event", ev.EventType)
+		r.g.hit("event_queue", "event", ev.EventType, "note", "event dropped; the next sync repairs it")
 	}
 }
 

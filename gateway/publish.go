@@ -39,7 +39,7 @@ func (g *Gateway) enqueueControl(class Class, kind, topic string, payload []byte
 	case q <- ctrlMsg{kind: kind, topic: topic, payload: payload, done: done}:
 	default:
 		g.m.controlDropped.WithLabelValues(class.String()).Inc()
-		g.log.Warn("control publish queue full, dropped", "component", "gateway", "kind", kind)
+		g.hit("control_queue_"+class.String(), "kind", kind)
 		if done != nil {
 			done(errControlFull)
 		}
