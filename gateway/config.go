@@ -109,6 +109,9 @@ type NorthboundConfig struct {
 	MaxBackoff     time.Duration `yaml:"max_backoff" json:"max_backoff"`
 	// MaxMsgsPerSec is the upstream publish cap (IoTDA: 50/s, §7).
 	MaxMsgsPerSec float64 `yaml:"max_msgs_per_sec" json:"max_msgs_per_sec"`
+	// QuotaMargin stretches the one-second quota window (0.02 = 2 %) to
+	// absorb jitter between the gateway and the platform's count.
+	QuotaMargin float64 `yaml:"quota_margin" json:"quota_margin"`
 	// MaxBytesPerSec caps upstream bytes (0 = off).
 	MaxBytesPerSec int64 `yaml:"max_bytes_per_sec" json:"max_bytes_per_sec"`
 	// Inflight bounds publishes awaiting their PUBACK.
@@ -261,6 +264,7 @@ func DefaultConfig() Config {
 			MinBackoff:      time.Second,
 			MaxBackoff:      60 * time.Second,
 			MaxMsgsPerSec:   50,
+			QuotaMargin:     DefaultQuotaMargin,
 			Inflight:        32,
 			MaxPublishBytes: 1 << 20,
 			DownlinkQueue:   4096,
@@ -546,6 +550,9 @@ func (c *Config) Validate() error {
 	}
 	if nb.MaxMsgsPerSec <= 0 {
 		add("northbound.max_msgs_per_sec", "must be positive")
+	}
+	if nb.QuotaMargin < 0 || nb.QuotaMargin > 1 {
+		add("northbound.quota_margin", "must be 0..1 (a fraction of the one-second window)")
 	}
 	if nb.MaxBytesPerSec < 0 {
 		add("northbound.max_bytes_per_sec", "must not be negative")

@@ -210,7 +210,7 @@ func (s *stage) stop() {
 func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.start = g.now()
 	g.m = newGatewayMetrics(g.reg, g)
-	g.gov = newGovernor(g.cfg.Northbound.MaxMsgsPerSec, g.cfg.Northbound.MaxBytesPerSec, g.now)
+	g.gov = newGovernor(g.cfg.Northbound.MaxMsgsPerSec, g.cfg.Northbound.MaxBytesPerSec, g.cfg.Northbound.QuotaMargin, g.now)
 
 	st, err := store.Open(store.Options{
 		Dir:            g.cfg.Store.Dir,

@@ -25,12 +25,11 @@ var classNames = [numClasses]string{"response", "management", "ota", "telemetry"
 
 func (c Class) String() string { return classNames[c] }
 
-// quotaMargin stretches the quota window so that publishes still arrive
-// more than a second apart per quota at the platform despite scheduling
-// and network jitter (2 % of a second is 20 ms of tolerance; measured on a
-// loaded 2-core box, bursts compressed arrivals by up to ~25 ms, even
-// pacing by far less).
-const quotaMargin = 1.02
+// DefaultQuotaMargin stretches the quota window so that publishes still
+// arrive more than a second apart per quota at the platform despite
+// scheduling and network jitter: 3 % of a second is 30 ms of tolerance
+// (northbound.quota_margin; docs/performance-northbound.md).
+const DefaultQuotaMargin = 0.03
 
 // governor hands out publish permits so that no window of one second holds
 // more publishes than the platform allows (iotda-protocol §7: 50 messages/s
@@ -39,7 +38,7 @@ const quotaMargin = 1.02
 // the state; callers send requests on per-class channels.
 //
 // The message limit is a sliding window (at most n grants in any window of
-// n/rate seconds, stretched by quotaMargin), the same rule the platform
+// n/rate seconds, stretched by the margin), the same rule the platform
 // applies, with grants paced at the window's average rate (bursts of at
 // most 3): long bursts would be compressed on the way and counted as a
 // violation at the receiving end.
@@ -57,11 +56,11 @@ type govReq struct {
 	grant chan struct{}
 }
 
-func newGovernor(msgsPerSec float64, bytesPerSec int64, now func() time.Time) *governor {
+func newGovernor(msgsPerSec float64, bytesPerSec int64, margin float64, now func() time.Time) *governor {
 	n := max(1, int(math.Floor(msgsPerSec)))
 	g := &governor{
 		n:        n,
-		window:   time.Duration(float64(n) / msgsPerSec * quotaMargin * float64(time.Second)),
+		window:   time.Duration(float64(n) / msgsPerSec * (1 + margin) * float64(time.Second)),
 		byteRate: float64(bytesPerSec),
 		now:      now,
 	}

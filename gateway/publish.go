@@ -180,7 +180,7 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			}
 		default:
 		}
-		items, err := g.st.Peek(cursor, 2000, 8<<20)
+		items, err := g.st.Peek(cursor, 10000, 16<<20)
 		if err != nil {
 			g.log.Error("outbox read failed", "component", "gateway", "err", err)
 			if !sleepCtx(ctx, time.Second) {
@@ -321,26 +321,57 @@ func (g *Gateway) pack(items []unit) []packed {
 		batch, bseqs, bmax, bsize = nil, nil, 0, 16
 		index = map[string]int{}
 	}
+	var deferred []unit
+	deferredDev := map[string]bool{}
+	var addProp func(u unit)
+	addProp = func(u unit) {
+		it := u.it
+		add := len(it.Payload) + len(it.DeviceID) + 40
+		if len(batch) >= iotda.MaxBatchDevices || bsize+add > maxBytes {
+			flush()
+		}
+		index[it.DeviceID] = len(batch)
+		batch = append(batch, entry{id: it.DeviceID, services: []json.RawMessage{it.Payload}})
+		bseqs = append(bseqs, u.seqs...)
+		bmax = max(bmax, slices.Max(u.seqs))
+		bsize += add
+	}
+	// flushAll publishes the open batch and then the deferred reports, in
+	// as many further batches as they need.
+	flushAll := func() {
+		flush()
+		for len(deferred) > 0 {
+			rest := deferred[:0:0]
+			for _, u := range deferred {
+				if _, again := index[u.it.DeviceID]; again {
+					rest = append(rest, u)
+					continue
+				}
+				addProp(u)
+			}
+			flush()
+			deferred = rest
+		}
+		clear(deferredDev)
+	}
 	for _, u := range items {
 		it := u.it
 		switch it.Kind {
 		case store.KindProperties:
-			add := len(it.Payload) + len(it.DeviceID) + 40
-			_, again := index[it.DeviceID]
-			// A device appears once per batch: a second report of the
-			// same device starts a new batch, so that each report keeps
-			// its own entry and the reports stay in order (decisions D13).
-			if again || len(batch) >= iotda.MaxBatchDevices || bsize+add > maxBytes {
-				flush()
+			// A device appears once per batch (decisions D13). A second
+			// report of a device already in the open batch waits for a
+			// later batch, behind any other report of that device, so the
+			// batch keeps filling with other devices and each device's
+			// reports stay in order.
+			if _, again := index[it.DeviceID]; again || deferredDev[it.DeviceID] {
+				deferred = append(deferred, u)
+				deferredDev[it.DeviceID] = true
+				continue
 			}
-			index[it.DeviceID] = len(batch)
-			batch = append(batch, entry{id: it.DeviceID, services: []json.RawMessage{it.Payload}})
-			bseqs = append(bseqs, u.seqs...)
-			bmax = max(bmax, slices.Max(u.seqs))
-			bsize += add
+			addProp(u)
 		default:
-			if _, ok := index[it.DeviceID]; ok {
-				flush()
+			if _, ok := index[it.DeviceID]; ok || deferredDev[it.DeviceID] {
+				flushAll()
 			}
 			p := packed{seqs: u.seqs, maxSeq: slices.Max(u.seqs), devices: 1, payload: it.Payload}
 			switch it.Kind {
@@ -358,7 +389,7 @@ func (g *Gateway) pack(items []unit) []packed {
 			out = append(out, p)
 		}
 	}
-	flush()
+	flushAll()
 	return out
 }
 
