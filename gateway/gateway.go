@@ -372,6 +372,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	mid.goRun("downlink", g.downlinkLoop)
 	mid.goRun("status", g.status.run)
 	mid.goRun("registrar", g.regs.run)
+	mid.goRun("persist", g.regs.persistLoop)
 	mid.goRun("correlator", g.corr.run)
 	mid.goRun("housekeeping", g.housekeeping)
 	mid.goRun("ota", g.ota.run)

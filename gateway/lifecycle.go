@@ -394,7 +394,7 @@ type registrar struct {
 func newRegistrar(g *Gateway) *registrar {
 	return &registrar{
 		g:       g,
-		addQ:    make(chan string, 4096),
+		addQ:    make(chan string, 65536),
 		delQ:    make(chan delReq, 1024),
 		events:  make(chan iotda.Event, 1024),
 		persist: make(chan string, 16384),
@@ -472,7 +472,6 @@ func (r *registrar) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			r.drainPersist()
 			r.mu.Lock()
 			for _, ws := range r.dels {
 				for _, w := range ws {
@@ -495,8 +494,6 @@ func (r *registrar) run(ctx context.Context) error {
 			}
 		case ev := <-r.events:
 			r.apply(ctx, ev)
-		case d := <-r.persist:
-			r.persistBatch(ctx, d)
 		case <-tick.C:
 			adds = r.sendAdds(adds)
 			dels = r.sendDeletes(dels)
@@ -536,13 +533,29 @@ func (r *registrar) persistBatch(ctx context.Context, first string) {
 	}
 }
 
+// persistLoop writes changed records in batches, on its own goroutine so
+// that slow commits never hold up registrations or notifications. At the
+// end it writes what is still queued (the shutdown's OFFLINE statuses are
+// the next start's baseline).
+func (r *registrar) persistLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			r.drainPersist()
+			return nil
+		case id := <-r.persist:
+			r.persistBatch(ctx, id)
+		}
+	}
+}
+
 func (r *registrar) drainPersist() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for {
 		select {
-		case d := <-r.persist:
-			r.persistBatch(ctx, d)
+		case id := <-r.persist:
+			r.persistBatch(ctx, id)
 		default:
 			return
 		}
