@@ -110,15 +110,35 @@ func (r *statusReporter) run(ctx context.Context) error {
 	d := max(r.g.cfg.Subdevice.StatusDebounce, 50*time.Millisecond)
 	t := time.NewTicker(d)
 	defer t.Stop()
+	// pace fires when the pacing window frees room for entries that are
+	// waiting, so a backlog goes out at the full rate, not per tick.
+	pace := time.NewTimer(time.Hour)
+	pace.Stop()
+	defer pace.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-r.kickCh:
+		case <-pace.C:
 		}
 		r.flush(false, nil)
+		if wait := r.nextRoom(); wait > 0 {
+			pace.Reset(wait)
+		}
 	}
+}
+
+// nextRoom returns how long until the pacing window has room again, when
+// entries are waiting for it; 0 when nothing waits.
+func (r *statusReporter) nextRoom() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.want) == 0 || len(r.spent) == 0 {
+		return 0
+	}
+	return max(time.Millisecond, r.spent[0].at.Add(statusWindow).Sub(r.g.now()))
 }
 
 // take removes the pending entries that the platform does not already

@@ -124,7 +124,9 @@ while :; do
 		say "converged after ${el}s: $on ONLINE, $off OFFLINE"
 	fi
 	if [[ -z $rereported ]] && ((entries >= RECORDS)); then rereported=$el; fi
-	[[ -n $converged && -n $rereported ]] && break
+	# A storm reports only real changes (decisions D22): stop 15 s after
+	# convergence, long enough to see that nothing else is sent.
+	[[ -n $converged ]] && ((el - converged >= 15)) && break
 	((el % 15 == 0)) && say "t=${el}s ONLINE $on/$CONNECT, others OFFLINE $off/$others, status entries $entries"
 	kill -0 "$gw_pid" 2>/dev/null || die "the gateway exited"
 	((el < CONVERGE_TIMEOUT)) || { say "timeout after ${CONVERGE_TIMEOUT}s"; break; }
