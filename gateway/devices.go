@@ -189,10 +189,9 @@ func (g *Gateway) Logout(c *southbound.Conn, reason error) {
 // Frame handles one frame of a logged-in device, in order per connection.
 func (g *Gateway) Frame(c *southbound.Conn, f frame.Frame) {
 	id := c.DeviceID()
-	dev, registered := g.devs.ByID(id)
-	if registered {
-		g.devs.Update(id, func(d *subdevice.Device) { d.LastSeen = g.now() })
-	}
+	// One registry operation per frame: touch last-seen and read the record.
+	now := g.now()
+	dev, registered := g.devs.Update(id, func(d *subdevice.Device) { d.LastSeen = now })
 	if !c.Native() {
 		st, _ := g.conns.Load(c)
 		cs, _ := st.(*connState)

@@ -112,6 +112,32 @@ type target struct {
 	DeviceID string `json:"device_id"`
 }
 
+// checker is a request body that validates itself.
+type checker interface{ check() error }
+
+// decodeTarget decodes a request body and checks it, answering 400 when
+// either fails.
+func decodeTarget(w http.ResponseWriter, r *http.Request, req checker) bool {
+	if !decodeBody(w, r, req) {
+		return false
+	}
+	if err := req.check(); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return false
+	}
+	return true
+}
+
+// reply answers a downstream request's result: the response as JSON, or
+// the error with its status.
+func reply(w http.ResponseWriter, rsp any, err error) {
+	if err != nil {
+		writeError(w, errStatus(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rsp)
+}
+
 func (t target) check() error {
 	if t.Gateway == "" {
 		return errors.New("gateway is required")
@@ -127,11 +153,7 @@ func (s *Sim) httpCommand(w http.ResponseWriter, r *http.Request) {
 		Paras       json.RawMessage `json:"paras"`
 		TimeoutMS   int64           `json:"timeout_ms"`
 	}
-	if !decodeBody(w, r, &req) {
-		return
-	}
-	if err := req.check(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+	if !decodeTarget(w, r, &req) {
 		return
 	}
 	if req.ServiceID == "" || req.CommandName == "" {
@@ -141,11 +163,7 @@ func (s *Sim) httpCommand(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := requestCtx(r, req.TimeoutMS)
 	defer cancel()
 	rsp, err := s.Command(ctx, req.Gateway, req.DeviceID, req.ServiceID, req.CommandName, req.Paras)
-	if err != nil {
-		writeError(w, errStatus(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, rsp)
+	reply(w, rsp, err)
 }
 
 func (s *Sim) httpPropertiesSet(w http.ResponseWriter, r *http.Request) {
@@ -154,11 +172,7 @@ func (s *Sim) httpPropertiesSet(w http.ResponseWriter, r *http.Request) {
 		Services  []iotda.Service `json:"services"`
 		TimeoutMS int64           `json:"timeout_ms"`
 	}
-	if !decodeBody(w, r, &req) {
-		return
-	}
-	if err := req.check(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+	if !decodeTarget(w, r, &req) {
 		return
 	}
 	if len(req.Services) == 0 {
@@ -168,11 +182,7 @@ func (s *Sim) httpPropertiesSet(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := requestCtx(r, req.TimeoutMS)
 	defer cancel()
 	rsp, err := s.SetProperties(ctx, req.Gateway, req.DeviceID, req.Services)
-	if err != nil {
-		writeError(w, errStatus(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, rsp)
+	reply(w, rsp, err)
 }
 
 func (s *Sim) httpPropertiesGet(w http.ResponseWriter, r *http.Request) {
@@ -181,21 +191,13 @@ func (s *Sim) httpPropertiesGet(w http.ResponseWriter, r *http.Request) {
 		ServiceID string `json:"service_id"`
 		TimeoutMS int64  `json:"timeout_ms"`
 	}
-	if !decodeBody(w, r, &req) {
-		return
-	}
-	if err := req.check(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+	if !decodeTarget(w, r, &req) {
 		return
 	}
 	ctx, cancel := requestCtx(r, req.TimeoutMS)
 	defer cancel()
 	rsp, err := s.GetProperties(ctx, req.Gateway, req.DeviceID, req.ServiceID)
-	if err != nil {
-		writeError(w, errStatus(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, rsp)
+	reply(w, rsp, err)
 }
 
 func (s *Sim) httpMessage(w http.ResponseWriter, r *http.Request) {
@@ -203,11 +205,7 @@ func (s *Sim) httpMessage(w http.ResponseWriter, r *http.Request) {
 		target
 		Content json.RawMessage `json:"content"`
 	}
-	if !decodeBody(w, r, &req) {
-		return
-	}
-	if err := req.check(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+	if !decodeTarget(w, r, &req) {
 		return
 	}
 	if err := s.SendMessage(req.Gateway, req.DeviceID, req.Content); err != nil {
@@ -224,11 +222,7 @@ func (s *Sim) httpEvent(w http.ResponseWriter, r *http.Request) {
 		EventType string          `json:"event_type"`
 		Paras     json.RawMessage `json:"paras"`
 	}
-	if !decodeBody(w, r, &req) {
-		return
-	}
-	if err := req.check(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+	if !decodeTarget(w, r, &req) {
 		return
 	}
 	if req.ServiceID == "" || req.EventType == "" {
