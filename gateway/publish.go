@@ -139,7 +139,12 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 		<-done
 	}()
 
+	// cursor: every item at or below it was published on this connection
+	// (or acked). sent holds the seqs above the cursor that were published
+	// too: a window's partial last batch is kept back for the next window
+	// (it fills up there), so published and kept-back items interleave.
 	var cursor uint64
+	sent := map[uint64]struct{}{}
 	var epoch uint64
 	var replayMark uint64
 	for {
@@ -168,6 +173,7 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 		if e := g.epoch.Load(); e != epoch {
 			// New connection: replay from the start of the outbox.
 			epoch, cursor = e, 0
+			clear(sent)
 			replayMark = g.lastSeq.Load()
 		}
 		select {
@@ -176,17 +182,25 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 				// A publish of this connection failed: the connection is
 				// going down; wait for the next one.
 				cursor = 0
+				clear(sent)
 				continue
 			}
 		default:
 		}
-		items, err := g.st.Peek(cursor, 10000, 16<<20)
+		raw, err := g.st.Peek(cursor, peekItems, peekBytes)
 		if err != nil {
 			g.log.Error("outbox read failed", "component", "gateway", "err", err)
 			if !sleepCtx(ctx, time.Second) {
 				return nil
 			}
 			continue
+		}
+		items := raw
+		if len(sent) > 0 {
+			items = slices.DeleteFunc(slices.Clone(raw), func(it store.Item) bool {
+				_, ok := sent[it.Seq]
+				return ok
+			})
 		}
 		if len(items) == 0 {
 			select {
@@ -218,7 +232,11 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			units = coalesce(units)
 			g.m.coalesced.Add(float64(before - len(units)))
 		}
-		pubs := g.pack(units)
+		// More items wait beyond this window: a partial last batch is
+		// better filled from the next window than sent now.
+		more := len(raw) == peekItems || g.lastSeq.Load() > raw[len(raw)-1].Seq
+		pubs, kept := g.pack(units, func(tail []unit) bool { return more || g.young(tail) })
+		complete := true
 		for _, p := range pubs {
 			class := ClassTelemetry
 			if p.maxSeq <= replayMark {
@@ -228,6 +246,7 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 				return nil
 			}
 			if g.epoch.Load() != epoch {
+				complete = false
 				break
 			}
 			pend, err := g.north.PublishAsync(p.kind, p.topic, p.payload)
@@ -237,19 +256,61 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 					// the outbox forever.
 					g.log.Error("outbox item above the publish limit, dropped", "component", "gateway", "n", len(p.seqs))
 					_ = g.st.Ack(p.seqs...)
-					continue
+				} else {
+					complete = false
+					break
 				}
-				break
+			} else {
+				g.m.packing.Observe(float64(p.devices))
+				select {
+				case acks <- inflight{p: pend, seqs: p.seqs, epoch: epoch, items: len(p.seqs)}:
+				case <-ctx.Done():
+					return nil
+				}
 			}
-			g.m.packing.Observe(float64(p.devices))
-			select {
-			case acks <- inflight{p: pend, seqs: p.seqs, epoch: epoch, items: len(p.seqs)}:
-			case <-ctx.Done():
-				return nil
+			for _, s := range p.seqs {
+				sent[s] = struct{}{}
 			}
-			cursor = max(cursor, p.maxSeq)
+		}
+		if !complete {
+			// The connection is going away: the next one replays from the
+			// start of the outbox.
+			continue
+		}
+		next := raw[len(raw)-1].Seq
+		for _, u := range kept {
+			next = min(next, slices.Min(u.seqs)-1)
+		}
+		cursor = max(cursor, next)
+		for s := range sent {
+			if s <= cursor {
+				delete(sent, s)
+			}
 		}
 	}
+}
+
+// Outbox window read per round of the publisher.
+const (
+	peekItems = 10000
+	peekBytes = 16 << 20
+)
+
+// young reports whether the oldest report of tail has waited less than
+// northbound.batch_linger: a partial batch of young reports is kept back so
+// that more reports can join it.
+func (g *Gateway) young(tail []unit) bool {
+	l := g.cfg.Northbound.BatchLinger
+	if l <= 0 {
+		return false
+	}
+	now := g.now()
+	for _, u := range tail {
+		if now.Sub(u.it.Enqueued) >= l {
+			return false
+		}
+	}
+	return true
 }
 
 // linger returns how long to wait before publishing a window that would
@@ -286,14 +347,20 @@ type packed struct {
 // limit), each device at most once per batch. A message or event of a device
 // already in the open batch closes the batch first, so per-device order
 // holds across kinds.
-func (g *Gateway) pack(items []unit) []packed {
+//
+// At the end of the window the open (not full) batch and the reports
+// deferred behind it form the tail. When keep is not nil, at least one
+// publish was made and keep(tail) says so, the tail is returned unpublished
+// instead: the caller reads it again with the next window, where it fills
+// a batch. Every device's published reports come before its kept ones.
+func (g *Gateway) pack(items []unit, keep func(tail []unit) bool) (out []packed, kept []unit) {
 	maxBytes := g.cfg.Northbound.MaxPublishBytes - 1024
-	var out []packed
 	type entry struct {
 		id       string
 		services []json.RawMessage
 	}
 	var batch []entry
+	var open []unit // the units in batch
 	index := map[string]int{}
 	var bseqs []uint64
 	var bmax uint64
@@ -318,7 +385,7 @@ func (g *Gateway) pack(items []unit) []packed {
 			out = append(out, packed{kind: "batch_properties", topic: iotda.TopicBatchProperties(g.gw),
 				payload: payload, seqs: bseqs, maxSeq: bmax, devices: len(batch)})
 		}
-		batch, bseqs, bmax, bsize = nil, nil, 0, 16
+		batch, open, bseqs, bmax, bsize = nil, nil, nil, 0, 16
 		index = map[string]int{}
 	}
 	var deferred []unit
@@ -332,27 +399,53 @@ func (g *Gateway) pack(items []unit) []packed {
 		}
 		index[it.DeviceID] = len(batch)
 		batch = append(batch, entry{id: it.DeviceID, services: []json.RawMessage{it.Payload}})
+		open = append(open, u)
 		bseqs = append(bseqs, u.seqs...)
 		bmax = max(bmax, slices.Max(u.seqs))
 		bsize += add
 	}
-	// flushAll publishes the open batch and then the deferred reports, in
-	// as many further batches as they need.
-	flushAll := func() {
-		flush()
-		for len(deferred) > 0 {
-			rest := deferred[:0:0]
-			for _, u := range deferred {
-				if _, again := index[u.it.DeviceID]; again {
-					rest = append(rest, u)
+	// finish places the deferred reports into the open batch and further
+	// batches, one report per device per pass, and publishes them. With
+	// keep (nil: publish everything), it stops at the first batch that
+	// cannot fill from this window and returns that batch and the reports
+	// still deferred as the tail if keep(tail) says so.
+	finish := func(keep func(tail []unit) bool) []unit {
+		defer clear(deferredDev)
+		for {
+			if len(batch) >= iotda.MaxBatchDevices {
+				flush() // full: nothing to wait for
+			}
+			if len(deferred) > 0 {
+				rest := deferred[:0:0]
+				restDev := map[string]bool{}
+				for _, u := range deferred {
+					// A device with a report left for a later pass keeps
+					// all its later reports there too (per-device order).
+					if _, again := index[u.it.DeviceID]; again || restDev[u.it.DeviceID] {
+						rest = append(rest, u)
+						restDev[u.it.DeviceID] = true
+						continue
+					}
+					addProp(u)
+				}
+				progressed := len(rest) < len(deferred)
+				deferred = rest
+				if progressed {
 					continue
 				}
-				addProp(u)
+			}
+			// The open batch cannot grow from this window any more.
+			if len(batch) == 0 {
+				return nil
+			}
+			if keep != nil && len(out) > 0 {
+				if tail := append(slices.Clone(open), deferred...); keep(tail) {
+					return tail
+				}
+				keep = nil
 			}
 			flush()
-			deferred = rest
 		}
-		clear(deferredDev)
 	}
 	for _, u := range items {
 		it := u.it
@@ -371,7 +464,7 @@ func (g *Gateway) pack(items []unit) []packed {
 			addProp(u)
 		default:
 			if _, ok := index[it.DeviceID]; ok || deferredDev[it.DeviceID] {
-				flushAll()
+				finish(nil)
 			}
 			p := packed{seqs: u.seqs, maxSeq: slices.Max(u.seqs), devices: 1, payload: it.Payload}
 			switch it.Kind {
@@ -389,8 +482,8 @@ func (g *Gateway) pack(items []unit) []packed {
 			out = append(out, p)
 		}
 	}
-	flushAll()
-	return out
+	kept = finish(keep)
+	return out, kept
 }
 
 // unit is an outbox item on its way to a publish, with the sequence

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -309,6 +310,9 @@ func BenchmarkQuotaThroughput(b *testing.B) {
 	sim := quotaSim(b, 400_000)
 	cfg := testConfig(b, sim.Addr(), frame.NameBinary)
 	cfg.Northbound.MaxMsgsPerSec = 50
+	if m := os.Getenv("XMARGIN"); m != "" {
+		cfg.Northbound.QuotaMargin, _ = strconv.ParseFloat(m, 64)
+	}
 	h := startGateway(b, sim, cfg)
 	clients, ids := connectReporters(b, h, devices)
 
@@ -384,6 +388,7 @@ func BenchmarkQuotaThroughput(b *testing.B) {
 	}
 	b.ReportMetric(float64(st.Violations), "violations")
 	b.ReportMetric(float64(st.MaxPublishesPerSecond), "max_publishes_in_1s")
+	b.ReportMetric(st.TightestSpanMS, "tightest_span_ms")
 	b.ReportMetric(metricValue(b, h, "subgate_outbox_messages"), "outbox_end")
 	// Speed and the rate are figures to read, not asserts; order is a
 	// correctness rule.

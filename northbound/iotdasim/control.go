@@ -122,6 +122,11 @@ type DeliveryStats struct {
 	Publishes             int   `json:"publishes"`
 	PublishesDropped      int64 `json:"publishes_dropped"`
 	MaxPublishesPerSecond int   `json:"max_publishes_per_second"`
+	// TightestSpanMS is the shortest time, in milliseconds, in which cap+1
+	// of the recorded publishes arrived (0 when fewer were recorded or
+	// there is no cap). Under 1000 is a violation; the distance above 1000
+	// is the sender's headroom against jitter on the way.
+	TightestSpanMS float64 `json:"tightest_span_ms"`
 	// Violations counts upstream publishes over the rate cap, of every
 	// gateway.
 	Violations int64 `json:"violations"`
@@ -348,7 +353,23 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 	}
 	st.Publishes = len(times)
 	st.MaxPublishesPerSecond = maxPerSecond(times)
+	if limit := s.cfg.MaxMsgsPerSec; limit > 0 && len(times) > limit {
+		st.TightestSpanMS = float64(tightestSpan(times, limit+1)) / float64(time.Millisecond)
+	}
 	return st, nil
+}
+
+// tightestSpan returns the shortest time in which n of the sorted times
+// fall. With n = cap+1 it shows how close the sender came to a rate
+// violation: below one second is one.
+func tightestSpan(sorted []time.Time, n int) time.Duration {
+	best := time.Duration(-1)
+	for i := n - 1; i < len(sorted); i++ {
+		if d := sorted[i].Sub(sorted[i-n+1]); best < 0 || d < best {
+			best = d
+		}
+	}
+	return best
 }
 
 // maxPerSecond returns the most times within any span shorter than one
