@@ -211,6 +211,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.start = g.now()
 	g.m = newGatewayMetrics(g.reg, g)
 	g.gov = newGovernor(g.cfg.Northbound.MaxMsgsPerSec, g.cfg.Northbound.MaxBytesPerSec, g.cfg.Northbound.QuotaMargin, g.now)
+	g.gov.log = func(msg string, args ...any) { g.log.Warn(msg, append([]any{"component", "governor"}, args...)...) }
 
 	st, err := store.Open(store.Options{
 		Dir:            g.cfg.Store.Dir,
@@ -282,6 +283,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		DownlinkQueue:      nbc.DownlinkQueue,
 		OnUp:               g.onNorthUp,
 		OnDown:             g.onNorthDown,
+		OnPublishWritten:   g.gov.wrote,
 		Now:                g.now,
 	}, g.log, g.reg)
 	if err != nil {
@@ -442,6 +444,7 @@ func addrString(a net.Addr) string {
 
 // onNorthUp runs on the northbound goroutine after each connect.
 func (g *Gateway) onNorthUp() {
+	g.gov.reset()
 	g.epoch.Add(1)
 	select {
 	case g.upSig <- struct{}{}:
@@ -451,6 +454,7 @@ func (g *Gateway) onNorthUp() {
 }
 
 func (g *Gateway) onNorthDown(err error) {
+	g.gov.reset()
 	g.epoch.Add(1)
 	g.noteLoss(err)
 }

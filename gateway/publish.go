@@ -69,6 +69,7 @@ func (g *Gateway) controlLoop(ctx context.Context, class Class) error {
 		}
 		p, err := g.north.PublishAsync(m.kind, m.topic, m.payload)
 		if err != nil {
+			g.gov.release()
 			g.log.Debug("control publish failed", "component", "gateway", "kind", m.kind, "err", err)
 			if m.done != nil {
 				m.done(err)
@@ -246,11 +247,13 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 				return nil
 			}
 			if g.epoch.Load() != epoch {
+				g.gov.release()
 				complete = false
 				break
 			}
 			pend, err := g.north.PublishAsync(p.kind, p.topic, p.payload)
 			if err != nil {
+				g.gov.release()
 				if errors.Is(err, northbound.ErrTooLarge) {
 					// Cannot ever be sent: drop it loudly rather than block
 					// the outbox forever.

@@ -81,6 +81,11 @@ type Config struct {
 	// subscription; OnDown after each loss. Both must not block.
 	OnUp   func()
 	OnDown func(err error)
+	// OnPublishWritten, when set, is called each time a PUBLISH packet
+	// has been written to the connection's socket (the quota governor
+	// counts on the wire). It runs on the MQTT client's writer and must
+	// not block.
+	OnPublishWritten func()
 	// Now returns the current time (tests); default time.Now.
 	Now func() time.Time
 }
@@ -376,6 +381,7 @@ func (s *Session) connect(ctx context.Context) (mqtt.Client, error) {
 	opts.SetConnectTimeout(s.cfg.ConnectTimeout)
 	opts.SetWriteTimeout(s.cfg.WriteTimeout)
 	opts.SetProtocolVersion(4)
+	opts.SetCustomOpenConnectionFn(dialer(s.cfg.OnPublishWritten))
 	if s.tlsConf != nil {
 		if s.cfg.InsecureSkipVerify {
 			s.log.Warn("northbound TLS server verification is OFF (northbound.insecure_skip_verify)")
