@@ -27,10 +27,11 @@ var classNames = [numClasses]string{"response", "management", "ota", "telemetry"
 func (c Class) String() string { return classNames[c] }
 
 // DefaultQuotaMargin stretches the quota window so that publishes still
-// arrive more than a second apart per quota at the platform despite
-// scheduling and network jitter: 3 % of a second is 30 ms of tolerance
-// (northbound.quota_margin; docs/performance-northbound.md).
-const DefaultQuotaMargin = 0.03
+// arrive more than a second apart per quota at the platform despite jitter
+// after they left the socket (they are counted when written): 1 % of a
+// second is 10 ms of tolerance (northbound.quota_margin; decisions D21,
+// docs/performance-northbound.md).
+const DefaultQuotaMargin = 0.01
 
 // governor hands out publish permits so that no window of one second holds
 // more publishes than the platform allows (iotda-protocol §7: 50 messages/s

@@ -119,7 +119,11 @@ type DeliveryStats struct {
 	// recording. MaxPublishesPerSecond is the most publishes within one
 	// second (the rule of Violations, iotda-protocol §7) among the
 	// recorded ones.
-	Publishes             int   `json:"publishes"`
+	Publishes int `json:"publishes"`
+	// BatchPublishes counts the recorded batch property reports among
+	// them (Reports / BatchPublishes is the packing ratio when the
+	// gateway sends no single-device property reports).
+	BatchPublishes        int   `json:"batch_publishes"`
 	PublishesDropped      int64 `json:"publishes_dropped"`
 	MaxPublishesPerSecond int   `json:"max_publishes_per_second"`
 	// TightestSpanMS is the shortest time, in milliseconds, in which cap+1
@@ -127,6 +131,10 @@ type DeliveryStats struct {
 	// there is no cap). Under 1000 is a violation; the distance above 1000
 	// is the sender's headroom against jitter on the way.
 	TightestSpanMS float64 `json:"tightest_span_ms"`
+	// TightestAt is the arrival of the first publish of that span and
+	// TightestKinds counts the kinds of publish in it.
+	TightestAt    time.Time      `json:"tightest_at,omitzero"`
+	TightestKinds map[string]int `json:"tightest_kinds,omitempty"`
 	// Violations counts upstream publishes over the rate cap, of every
 	// gateway.
 	Violations int64 `json:"violations"`
@@ -303,15 +311,27 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 	c := controlOf(s)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Only copies are taken under the Sim's lock: the MQTT hook needs it
+	// for every publish, and a stall there would bunch the arrival times
+	// this is measuring.
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	g := s.gateways[gw]
 	if g == nil {
+		s.mu.Unlock()
 		return DeliveryStats{}, fmt.Errorf("%w: %q", ErrUnknownGateway, gw)
 	}
-	c.scanLocked(&s.rec.properties)
-	st := DeliveryStats{Gateway: gw, Connected: g.conn != nil, Unchecked: c.unchecked,
+	fresh := c.takeLocked(&s.rec.properties)
+	var pubs []Publish
+	for _, p := range s.rec.publishes.items {
+		if p.Gateway == gw {
+			pubs = append(pubs, p)
+		}
+	}
+	st := DeliveryStats{Gateway: gw, Connected: g.conn != nil,
 		PublishesDropped: s.rec.publishes.dropped, Violations: s.violations}
+	s.mu.Unlock()
+	c.scan(fresh)
+	st.Unchecked = c.unchecked
 	if perDevice {
 		st.PerDevice = map[string]DeviceDelivery{}
 	}
@@ -345,31 +365,41 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 	if st.Devices == 0 {
 		st.MinPerDevice = 0
 	}
-	var times []time.Time
-	for _, p := range s.rec.publishes.items {
-		if p.Gateway == gw {
-			times = append(times, p.At)
+	for _, p := range pubs {
+		if p.Kind == iotda.KindBatchProperties {
+			st.BatchPublishes++
 		}
+	}
+	slices.SortStableFunc(pubs, func(a, b Publish) int { return a.At.Compare(b.At) })
+	times := make([]time.Time, len(pubs))
+	for i, p := range pubs {
+		times[i] = p.At
 	}
 	st.Publishes = len(times)
 	st.MaxPublishesPerSecond = maxPerSecond(times)
 	if limit := s.cfg.MaxMsgsPerSec; limit > 0 && len(times) > limit {
-		st.TightestSpanMS = float64(tightestSpan(times, limit+1)) / float64(time.Millisecond)
+		d, i := tightestSpan(times, limit+1)
+		st.TightestSpanMS = float64(d) / float64(time.Millisecond)
+		st.TightestAt = times[i]
+		st.TightestKinds = map[string]int{}
+		for _, p := range pubs[i : i+limit+1] {
+			st.TightestKinds[p.Kind.String()]++
+		}
 	}
 	return st, nil
 }
 
 // tightestSpan returns the shortest time in which n of the sorted times
-// fall. With n = cap+1 it shows how close the sender came to a rate
-// violation: below one second is one.
-func tightestSpan(sorted []time.Time, n int) time.Duration {
-	best := time.Duration(-1)
+// fall, and the index of the first of them. With n = cap+1 it shows how
+// close the sender came to a rate violation: below one second is one.
+func tightestSpan(sorted []time.Time, n int) (time.Duration, int) {
+	best, at := time.Duration(-1), 0
 	for i := n - 1; i < len(sorted); i++ {
 		if d := sorted[i].Sub(sorted[i-n+1]); best < 0 || d < best {
-			best = d
+			best, at = d, i-n+1
 		}
 	}
-	return best
+	return best, at
 }
 
 // maxPerSecond returns the most times within any span shorter than one
@@ -387,16 +417,23 @@ func maxPerSecond(times []time.Time) int {
 	return best
 }
 
-// scanLocked checks the property reports recorded since the last scan.
-// Call with c.mu and the Sim's mu held.
-func (c *control) scanLocked(log *boundedLog[PropertyReport]) {
+// takeLocked returns copies of the property reports recorded since the
+// last call and counts those dropped from the recording before they were
+// seen. Call with c.mu and the Sim's mu held.
+func (c *control) takeLocked(log *boundedLog[PropertyReport]) []PropertyReport {
 	total := int64(len(log.items)) + log.dropped
 	fresh := total - c.seen
 	if fresh > int64(len(log.items)) {
 		c.unchecked += fresh - int64(len(log.items))
 		fresh = int64(len(log.items))
 	}
-	for _, p := range log.items[int64(len(log.items))-fresh:] {
+	c.seen = total
+	return slices.Clone(log.items[int64(len(log.items))-fresh:])
+}
+
+// scan checks property reports (from takeLocked). Call with c.mu held.
+func (c *control) scan(reports []PropertyReport) {
+	for _, p := range reports {
 		d := c.devs[p.DeviceID]
 		if d == nil {
 			d = &counterTrack{gw: p.Gateway}
@@ -410,7 +447,6 @@ func (c *control) scanLocked(log *boundedLog[PropertyReport]) {
 		}
 		d.observe(n)
 	}
-	c.seen = total
 }
 
 // counterOf returns the first positive integer CounterProperty among the

@@ -3,6 +3,9 @@
 # a function needs them: SB_ADDR ADMIN_ADDR (gateway), SRC CONNECT_RATE
 # PROCS (devicesim), SKIP_BUILD KEEP_LOGS, and for the simulator helpers
 # MQTT_ADDR LOAD_ADDR GW GW_SECRET PRODUCT, or SIM_HTTP GW N PREFIX.
+# Optional DEV_NICE, GW_NICE and SIM_NICE run devicesim, the gateway and
+# the simulator at that nice level (a benchmark that measures timing at the
+# simulator lets it stand in for a platform on its own machine).
 #
 # After bench_init it keeps the processes it starts in gw_pid, sim_pid and
 # dev_pids, and stops them all on exit (EXIT trap): devicesim with SIGINT,
@@ -105,6 +108,15 @@ build_bins() {
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
+# run_nice LEVEL CMD...: CMD at nice LEVEL (as it is when LEVEL is empty);
+# exec, so the caller's $! is CMD's pid.
+run_nice() {
+	local level=$1
+	shift
+	if [[ -z $level ]]; then exec "$@"; fi
+	exec nice -n "$level" "$@"
+}
+
 # wait_http URL SECONDS PID: until URL answers 200 (asked poll_hz times a
 # second); fails when PID exits or after SECONDS.
 wait_http() {
@@ -136,7 +148,7 @@ start_devices() {
 	for ((p = 0; p < PROCS; p++)); do
 		n=$per
 		((p == PROCS - 1)) && n=$((total - offset))
-		"$BIN/devicesim" -addr "$SB_ADDR" -codec "$codec" -n "$n" -offset "$offset" -prefix "$prefix" \
+		run_nice "${DEV_NICE:-}" "$BIN/devicesim" -addr "$SB_ADDR" -codec "$codec" -n "$n" -offset "$offset" -prefix "$prefix" \
 			-src "$SRC" -connect-rate "$CONNECT_RATE" "$@" >"$tmp/devicesim.$p.out" 2>"$tmp/devicesim.$p.log" &
 		dev_pids+=($!)
 		offset=$((offset + n))
@@ -154,11 +166,12 @@ stop_devices() {
 # --- A separate iotdasim with its load API, and a gateway using it.
 
 # start_load_sim starts iotdasim on MQTT_ADDR with its load API on
-# LOAD_ADDR and the gateway device GW, and waits for it.
+# LOAD_ADDR (and its HTTP API on SIM_HTTP when set), the gateway device GW
+# and the extra flags in SIM_ARGS, and waits for it.
 start_load_sim() {
 	say "starting the simulator on $MQTT_ADDR (load API $LOAD_ADDR)"
-	"$BIN/iotdasim" -listen "$MQTT_ADDR" -http "" -load-http "$LOAD_ADDR" -device "$GW:$GW_SECRET" \
-		-log-level WARN >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
+	run_nice "${SIM_NICE:-}" "$BIN/iotdasim" -listen "$MQTT_ADDR" -http "${SIM_HTTP:-}" -load-http "$LOAD_ADDR" \
+		-device "$GW:$GW_SECRET" -log-level WARN ${SIM_ARGS:-} >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
 	sim_pid=$!
 	wait_http "http://$LOAD_ADDR/api/load/status?gateway=$GW" 20 "$sim_pid"
 }
@@ -175,7 +188,7 @@ start_gateway() {
 			SUBGATE_NORTHBOUND_SECRET="$GW_SECRET" SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" \
 			SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_AUTH=open SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
 			SUBGATE_SUBDEVICE_DEFAULT_PRODUCT_ID="$PRODUCT" SUBGATE_STORE_DIR="$tmp/data" \
-			SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" "$@" "$BIN/subgate"
+			SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" "$@" nice -n "${GW_NICE:-0}" "$BIN/subgate"
 	) >"$tmp/$log.out" 2>"$tmp/$log.log" &
 	gw_pid=$!
 }
