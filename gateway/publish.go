@@ -146,6 +146,10 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 	// (it fills up there), so published and kept-back items interleave.
 	var cursor uint64
 	sent := map[uint64]struct{}{}
+	skipSent := func(seq uint64) bool {
+		_, ok := sent[seq]
+		return ok
+	}
 	var epoch uint64
 	var replayMark uint64
 	for {
@@ -188,20 +192,13 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			}
 		default:
 		}
-		raw, err := g.st.Peek(cursor, peekItems, peekBytes)
+		items, err := g.st.PeekSkipping(cursor, peekItems, peekBytes, skipSent)
 		if err != nil {
 			g.log.Error("outbox read failed", "component", "gateway", "err", err)
 			if !sleepCtx(ctx, time.Second) {
 				return nil
 			}
 			continue
-		}
-		items := raw
-		if len(sent) > 0 {
-			items = slices.DeleteFunc(slices.Clone(raw), func(it store.Item) bool {
-				_, ok := sent[it.Seq]
-				return ok
-			})
 		}
 		if len(items) == 0 {
 			select {
@@ -235,7 +232,7 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 		}
 		// More items wait beyond this window: a partial last batch is
 		// better filled from the next window than sent now.
-		more := len(raw) == peekItems || g.lastSeq.Load() > raw[len(raw)-1].Seq
+		more := len(items) == peekItems || g.lastSeq.Load() > items[len(items)-1].Seq
 		pubs, kept := g.pack(units, func(tail []unit) bool { return more || g.young(tail) })
 		complete := true
 		for _, p := range pubs {
@@ -280,7 +277,7 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 			// start of the outbox.
 			continue
 		}
-		next := raw[len(raw)-1].Seq
+		next := items[len(items)-1].Seq
 		for _, u := range kept {
 			next = min(next, slices.Min(u.seqs)-1)
 		}
@@ -293,10 +290,13 @@ func (g *Gateway) publishLoop(ctx context.Context) error {
 	}
 }
 
-// Outbox window read per round of the publisher.
+// Outbox window read per round of the publisher: 20 full batch reports.
+// Reading and packing a window is a pause between two permits; a small
+// window keeps that pause within the governor's catch-up burst, so no
+// permit is lost to it.
 const (
-	peekItems = 10000
-	peekBytes = 16 << 20
+	peekItems = 20 * iotda.MaxBatchDevices
+	peekBytes = 4 << 20
 )
 
 // young reports whether the oldest report of tail has waited less than

@@ -137,6 +137,13 @@ func (s *Store) Ack(seqs ...uint64) error {
 // exceeds maxBytes, so that the caller always progresses. The items are
 // copies and stay valid.
 func (s *Store) Peek(after uint64, max int, maxBytes int) ([]Item, error) {
+	return s.PeekSkipping(after, max, maxBytes, nil)
+}
+
+// PeekSkipping is Peek that passes over the items for which skip (if not
+// nil) returns true, without decoding them or counting them towards max
+// and maxBytes: a publisher skips the items it has in flight.
+func (s *Store) PeekSkipping(after uint64, max int, maxBytes int, skip func(seq uint64) bool) ([]Item, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("%w: peek max %d", ErrInvalid, max)
 	}
@@ -152,6 +159,9 @@ func (s *Store) Peek(after uint64, max int, maxBytes int) ([]Item, error) {
 			seq, ok := keySeq(k)
 			if !ok {
 				return fmt.Errorf("%w: outbox key of %d bytes", ErrCorrupt, len(k))
+			}
+			if skip != nil && skip(seq) {
+				continue
 			}
 			h, err := parseItemHeader(v)
 			if err != nil {

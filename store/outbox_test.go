@@ -150,6 +150,16 @@ func TestPeekOrderAndAck(t *testing.T) {
 	if _, err := s.Peek(0, 0, 0); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("Peek(max 0) = %v", err)
 	}
+	// Skipped items count towards neither max nor maxBytes.
+	inFlight := func(seq uint64) bool { return seq%2 == 0 || seq < 4 }
+	items, _ = s.PeekSkipping(0, 3, 0, inFlight)
+	if got := seqsOf(items); !slices.Equal(got, []uint64{5, 7, 9}) {
+		t.Fatalf("PeekSkipping(max 3) = %v", got)
+	}
+	items, _ = s.PeekSkipping(5, 100, 2*n+1, inFlight)
+	if got := seqsOf(items); !slices.Equal(got, []uint64{7, 9}) {
+		t.Fatalf("PeekSkipping(maxBytes) = %v", got)
+	}
 
 	if err := s.Ack(1, 3, 2, 10, 999); err != nil {
 		t.Fatal(err)

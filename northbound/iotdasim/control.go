@@ -315,12 +315,22 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 	// for every publish, and a stall there would bunch the arrival times
 	// this is measuring.
 	s.mu.Lock()
-	g := s.gateways[gw]
-	if g == nil {
+	if s.gateways[gw] == nil {
 		s.mu.Unlock()
 		return DeliveryStats{}, fmt.Errorf("%w: %q", ErrUnknownGateway, gw)
 	}
-	fresh := c.takeLocked(&s.rec.properties)
+	for {
+		// In slices, letting the hook in between.
+		fresh, more := c.takeLocked(&s.rec.properties, 4096)
+		if !more {
+			c.scan(fresh)
+			break
+		}
+		s.mu.Unlock()
+		c.scan(fresh)
+		s.mu.Lock()
+	}
+	g := s.gateways[gw]
 	var pubs []Publish
 	for _, p := range s.rec.publishes.items {
 		if p.Gateway == gw {
@@ -330,7 +340,6 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 	st := DeliveryStats{Gateway: gw, Connected: g.conn != nil,
 		PublishesDropped: s.rec.publishes.dropped, Violations: s.violations}
 	s.mu.Unlock()
-	c.scan(fresh)
 	st.Unchecked = c.unchecked
 	if perDevice {
 		st.PerDevice = map[string]DeviceDelivery{}
@@ -417,18 +426,20 @@ func maxPerSecond(times []time.Time) int {
 	return best
 }
 
-// takeLocked returns copies of the property reports recorded since the
-// last call and counts those dropped from the recording before they were
-// seen. Call with c.mu and the Sim's mu held.
-func (c *control) takeLocked(log *boundedLog[PropertyReport]) []PropertyReport {
+// takeLocked returns copies of at most max property reports recorded
+// since the last call, and whether more wait; it counts those dropped from
+// the recording before they were seen. Call with c.mu and the Sim's mu
+// held.
+func (c *control) takeLocked(log *boundedLog[PropertyReport], max int) ([]PropertyReport, bool) {
 	total := int64(len(log.items)) + log.dropped
-	fresh := total - c.seen
-	if fresh > int64(len(log.items)) {
-		c.unchecked += fresh - int64(len(log.items))
-		fresh = int64(len(log.items))
+	start := c.seen
+	if start < log.dropped {
+		c.unchecked += log.dropped - start
+		start = log.dropped
 	}
-	c.seen = total
-	return slices.Clone(log.items[int64(len(log.items))-fresh:])
+	end := min(total, start+int64(max))
+	c.seen = end
+	return slices.Clone(log.items[start-log.dropped : end-log.dropped]), end < total
 }
 
 // scan checks property reports (from takeLocked). Call with c.mu held.

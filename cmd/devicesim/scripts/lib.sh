@@ -166,11 +166,12 @@ stop_devices() {
 # --- A separate iotdasim with its load API, and a gateway using it.
 
 # start_load_sim starts iotdasim on MQTT_ADDR with its load API on
-# LOAD_ADDR (and its HTTP API on SIM_HTTP when set), the gateway device GW
-# and the extra flags in SIM_ARGS, and waits for it.
+# LOAD_ADDR (and its HTTP API on SIM_HTTP when set), the gateway device GW,
+# the extra flags in SIM_ARGS and environment in SIM_ENV, and waits for it.
 start_load_sim() {
 	say "starting the simulator on $MQTT_ADDR (load API $LOAD_ADDR)"
-	run_nice "${SIM_NICE:-}" "$BIN/iotdasim" -listen "$MQTT_ADDR" -http "${SIM_HTTP:-}" -load-http "$LOAD_ADDR" \
+	# shellcheck disable=SC2086 # SIM_ENV and SIM_ARGS are lists
+	run_nice "${SIM_NICE:-}" env ${SIM_ENV:-} "$BIN/iotdasim" -listen "$MQTT_ADDR" -http "${SIM_HTTP:-}" -load-http "$LOAD_ADDR" \
 		-device "$GW:$GW_SECRET" -log-level WARN ${SIM_ARGS:-} >"$tmp/iotdasim.out" 2>"$tmp/iotdasim.log" &
 	sim_pid=$!
 	wait_http "http://$LOAD_ADDR/api/load/status?gateway=$GW" 20 "$sim_pid"
