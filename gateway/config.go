@@ -262,7 +262,7 @@ func DefaultConfig() Config {
 			KeepAlive:       120 * time.Second,
 			ConnectTimeout:  10 * time.Second,
 			MinBackoff:      time.Second,
-			MaxBackoff:      60 * time.Second,
+			MaxBackoff:      30 * time.Second,
 			MaxMsgsPerSec:   50,
 			QuotaMargin:     DefaultQuotaMargin,
 			Inflight:        32,

@@ -72,7 +72,7 @@ type Config struct {
 	ConnectTimeout    time.Duration // default 10 s
 	WriteTimeout      time.Duration // default 10 s
 	MinBackoff        time.Duration // default 1 s
-	MaxBackoff        time.Duration // default 60 s
+	MaxBackoff        time.Duration // default 30 s
 	// Subscriptions are subscribed at QoS 1 after every connect.
 	Subscriptions []string
 	// DownlinkQueue bounds Messages (default 4096).
@@ -114,7 +114,7 @@ func (c *Config) setDefaults() {
 		c.MinBackoff = time.Second
 	}
 	if c.MaxBackoff == 0 {
-		c.MaxBackoff = 60 * time.Second
+		c.MaxBackoff = 30 * time.Second
 	}
 	if c.DownlinkQueue == 0 {
 		c.DownlinkQueue = 4096

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench-outage.sh is issue 4's outage run at full scale (done-when 1): N
 # devices report numbered properties (devicesim -ack -counter) through
-# `subgate -dev`; after BEFORE seconds the simulator is stopped for OUTAGE
-# seconds (POST /api/control/outage on the -dev simulator's HTTP API), the
+# subgate; after BEFORE seconds the simulator is stopped for OUTAGE
+# seconds (POST /api/control/outage on the simulator's HTTP API), the
 # load goes on AFTER seconds more, then stops and the backlog drains. It
 # prints:
 #   sent, acked (devicesim summaries), received (distinct numbered reports at
@@ -13,8 +13,9 @@
 #   drain time: from the restart until the gateway's outbox
 #   (subgate_outbox_messages) is back to its level before the outage.
 #
-# Processes: subgate -dev (gateway and simulator in one process, binary
-# codec, store in a temp dir) and PROCS devicesim processes. Devices are
+# Processes: iotdasim, subgate (binary codec, open auth, store in a temp
+# dir; nice levels as in start_measured, lib.sh) and PROCS devicesim
+# processes. Devices are
 # registered first by a pass without reports (auto-registration; the
 # platform drops reports of devices it does not know yet), then the load
 # pass reconnects them.
@@ -26,6 +27,9 @@
 #   BEFORE [30] OUTAGE [60] AFTER [60] DRAIN_TIMEOUT [240] (seconds)
 #   CONNECT_RATE [1000] SRC [127.0.0.2-127.0.0.254]
 #   SB_ADDR [127.0.0.1:38081] ADMIN_ADDR [127.0.0.1:39100] SIM_HTTP [127.0.0.1:38090]
+#   MQTT_ADDR [127.0.0.1:38831] LOAD_ADDR [127.0.0.1:38092]
+#   SIM_NICE [-10] DEV_NICE [10] GW_NICE [0] SIM_ENV [GOGC=400]
+#   GW_ENV ["", extra VAR=VALUE settings for the gateway, space separated]
 #   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
 set -euo pipefail
 
@@ -41,9 +45,14 @@ SRC=${SRC:-127.0.0.2-127.0.0.254}
 SB_ADDR=${SB_ADDR:-127.0.0.1:38081}
 ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:39100}
 SIM_HTTP=${SIM_HTTP:-127.0.0.1:38090}
+MQTT_ADDR=${MQTT_ADDR:-127.0.0.1:38831}
+LOAD_ADDR=${LOAD_ADDR:-127.0.0.1:38092}
+GW_ENV=${GW_ENV:-}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_LOGS=${KEEP_LOGS:-0}
-GW=subgate-dev-gw # iotdasim.DevDefaults
+GW=outage-gw
+GW_SECRET=outage-gw-secret
+PRODUCT=outageprod
 PREFIX=out
 
 # shellcheck source=lib.sh
@@ -56,8 +65,9 @@ need curl jq
 
 bench_init
 BIN=${BIN:-$tmp/bin}
-build_bins subgate devicesim
-start_dev_gateway
+build_bins subgate devicesim iotdasim
+# shellcheck disable=SC2086 # GW_ENV is a list of settings
+start_measured $GW_ENV
 
 register_devices
 

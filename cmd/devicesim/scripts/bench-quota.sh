@@ -13,11 +13,9 @@
 # pass without reports (auto-registration; the platform drops reports of
 # devices it does not know yet), then the load pass reconnects them.
 #
-# The rate is judged by arrival times at the simulator, which shares two
-# cores with the load here. In production the platform has its own
-# machines, so the simulator runs at SIM_NICE and the load generators at
-# DEV_NICE: a descheduled simulator would stamp arrivals late and then
-# several at once (docs/performance-northbound.md).
+# The rate is judged by arrival times at the simulator, which shares the
+# cores with the load here: see start_measured in lib.sh for the nice
+# levels (docs/performance-northbound.md).
 #
 # Everything it starts is stopped on exit (EXIT trap).
 #
@@ -27,7 +25,7 @@
 #   CONNECT_RATE [1000] SRC [127.0.0.2-127.0.0.254]
 #   SB_ADDR [127.0.0.1:48081] ADMIN_ADDR [127.0.0.1:49100] SIM_HTTP [127.0.0.1:48090]
 #   MQTT_ADDR [127.0.0.1:48831] LOAD_ADDR [127.0.0.1:48092]
-#   SIM_NICE [-10] DEV_NICE [10] GW_NICE [0]
+#   SIM_NICE [-10] DEV_NICE [10] GW_NICE [0] SIM_ENV [GOGC=400]
 #   GW_ENV ["", extra VAR=VALUE settings for the gateway, space separated]
 #   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
 set -euo pipefail
@@ -44,9 +42,6 @@ ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:49100}
 SIM_HTTP=${SIM_HTTP:-127.0.0.1:48090}
 MQTT_ADDR=${MQTT_ADDR:-127.0.0.1:48831}
 LOAD_ADDR=${LOAD_ADDR:-127.0.0.1:48092}
-SIM_NICE=${SIM_NICE:--10}
-DEV_NICE=${DEV_NICE:-10}
-GW_NICE=${GW_NICE:-0}
 GW_ENV=${GW_ENV:-}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_LOGS=${KEEP_LOGS:-0}
@@ -66,13 +61,8 @@ need curl jq
 bench_init
 BIN=${BIN:-$tmp/bin}
 build_bins subgate devicesim iotdasim
-# Room to record and check every report of the run.
-SIM_ARGS="-max-records 1000000"
-start_load_sim
-stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
 # shellcheck disable=SC2086 # GW_ENV is a list of settings
-start_gateway gateway SUBGATE_LOG_LEVEL=warn $GW_ENV
-wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
+start_measured $GW_ENV
 
 register_devices
 

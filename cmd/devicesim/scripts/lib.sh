@@ -194,6 +194,24 @@ start_gateway() {
 	gw_pid=$!
 }
 
+# start_measured GW_SETTINGS...: the setup of the benchmarks that judge
+# the gateway by what the platform sees (bench-quota, bench-outage): the
+# simulator as its own process at SIM_NICE (default -10: it stands in for a
+# platform on its own machines, and a descheduled simulator would stamp
+# arrivals late and then several at once), recording every report, with
+# its HTTP API on SIM_HTTP; the gateway with GW_SETTINGS (VAR=VALUE) at
+# GW_NICE; devicesim later at DEV_NICE (default 10). Sets stats_url.
+start_measured() {
+	SIM_NICE=${SIM_NICE:--10}
+	DEV_NICE=${DEV_NICE:-10}
+	SIM_ENV=${SIM_ENV:-GOGC=400}
+	SIM_ARGS="-max-records 1000000 ${SIM_ARGS:-}"
+	start_load_sim
+	stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
+	start_gateway gateway SUBGATE_LOG_LEVEL=warn "$@"
+	wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
+}
+
 # --- `subgate -dev`: gateway and simulator in one process.
 
 # start_dev_gateway starts subgate -dev (binary codec, simulator HTTP API on
