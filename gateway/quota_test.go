@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -317,9 +316,6 @@ func BenchmarkQuotaThroughput(b *testing.B) {
 	sim := quotaSim(b, 400_000)
 	cfg := testConfig(b, sim.Addr(), frame.NameBinary)
 	cfg.Northbound.MaxMsgsPerSec = 50
-	if m := os.Getenv("XMARGIN"); m != "" {
-		cfg.Northbound.QuotaMargin, _ = strconv.ParseFloat(m, 64)
-	}
 	h := startGateway(b, sim, cfg)
 	clients, ids := connectReporters(b, h, devices)
 
