@@ -2,35 +2,25 @@ package gateway
 
 import (
 	"context"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // fakeClock is a settable time source; the governor's timers still run in
 // real time, so a test moves the clock and then pokes the governor.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type fakeClock struct{ ns atomic.Int64 }
 
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
+func (c *fakeClock) now() time.Time { return time.Unix(0, c.ns.Load()) }
 
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // startGovernor runs a governor of n publishes per second (no margin) on a
 // fake clock.
 func startGovernor(t *testing.T, n int) (*governor, *fakeClock) {
 	t.Helper()
-	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	clk := &fakeClock{}
+	clk.ns.Store(time.Unix(1_700_000_000, 0).UnixNano())
 	g := newGovernor(float64(n), 0, 0, clk.now)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
