@@ -145,9 +145,12 @@ func TestReconnectStorm(t *testing.T) {
 	ctxS, cancelS := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelS()
 	if err := sim.WaitFor(ctxS, func(v *iotdasim.View) bool { return settled(v, stormReconnect) }); err != nil {
+		// Enough to tell a slow reporter from a lost report next time.
+		pending := metricValue(t, h, "subgate_subdevice_status_pending")
+		free := metricValue(t, h, "subgate_northbound_quota_tokens")
 		sim.View(func(v *iotdasim.View) {
 			s, _ := v.Summary(testGW, time.Time{}, iotdasim.NodeRange{Prefix: "storm", To: stormReconnect})
-			t.Fatalf("storm not settled: %+v", s)
+			t.Fatalf("storm not settled: %+v; gateway: %v status entries pending, %v quota permits free", s, pending, free)
 		})
 	}
 	took := time.Since(restartAt)
