@@ -361,7 +361,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	ops := newStage(context.Background(), errs)    // admin
 
 	core.goRun("governor", func(ctx context.Context) error {
-		g.gov.run(ctx, g.m.quotaTokens.Set)
+		g.gov.run(ctx, g.m.quotaTokens.Set, g.quotaWaited)
 		return nil
 	})
 	core.goRun("northbound", g.north.Run)

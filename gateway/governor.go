@@ -70,6 +70,7 @@ type governor struct {
 
 type govReq struct {
 	bytes int
+	at    time.Time // when it was asked for
 	grant chan struct{}
 }
 
@@ -176,7 +177,7 @@ func (g *governor) roomLocked(now time.Time) (wait time.Duration, free int) {
 // acquire waits for a permit to publish n bytes in class c. A permit that
 // is not used for a publish must be given back with release.
 func (g *governor) acquire(ctx context.Context, c Class, n int) error {
-	r := govReq{bytes: n, grant: make(chan struct{})}
+	r := govReq{bytes: n, at: g.now(), grant: make(chan struct{})}
 	select {
 	case g.reqs[c] <- r:
 	case <-ctx.Done():
@@ -191,11 +192,12 @@ func (g *governor) acquire(ctx context.Context, c Class, n int) error {
 }
 
 // run serves permits until ctx is done. level, when set, receives the
-// permits available right now after each grant (for the metric). It holds
+// permits available right now after each grant, and waited, when set, how
+// long each granted request waited (for the metrics). It holds
 // at most one waiting request per class and, whenever there is room,
 // grants the highest class among them: a response that arrives while a
 // backlog publish waits for room goes first.
-func (g *governor) run(ctx context.Context, level func(float64)) {
+func (g *governor) run(ctx context.Context, level func(float64), waited func(Class, time.Duration)) {
 	// Pacing: a token bucket at the window's average rate with a small
 	// burst, so a publisher that comes late to its slot can catch up a
 	// little without ever sending a long burst.
@@ -252,6 +254,9 @@ func (g *governor) run(ctx context.Context, level func(float64)) {
 				if level != nil {
 					level(float64(free))
 				}
+				if waited != nil {
+					waited(best, now.Sub(r.at))
+				}
 				continue
 			}
 			g.mu.Unlock()
@@ -295,5 +300,15 @@ func (g *governor) run(ctx context.Context, level func(float64)) {
 			waiting[ClassBacklog] = &q
 		}
 		timer.Stop()
+	}
+}
+
+// quotaWaited records how long a publish of class c waited for its permit.
+// A wait is the quota being hit: counted and logged (rate-limited) like
+// every other bound, with the class that waited.
+func (g *Gateway) quotaWaited(c Class, d time.Duration) {
+	g.m.quotaWait.WithLabelValues(c.String()).Observe(d.Seconds())
+	if d >= time.Millisecond {
+		g.hit("northbound_quota", "class", c.String(), "waited", d.Round(time.Millisecond))
 	}
 }

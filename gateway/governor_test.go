@@ -26,7 +26,7 @@ func startGovernor(t *testing.T, n int) (*governor, *fakeClock) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		g.run(ctx, nil)
+		g.run(ctx, nil, nil)
 	}()
 	t.Cleanup(func() {
 		cancel()

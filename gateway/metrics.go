@@ -13,6 +13,7 @@ type gwMetrics struct {
 	upPublished    prometheus.Counter
 	packing        prometheus.Histogram
 	quotaTokens    prometheus.Gauge
+	quotaWait      *prometheus.HistogramVec
 	controlDropped *prometheus.CounterVec
 	downlink       *prometheus.CounterVec
 	roundtrip      *prometheus.HistogramVec
@@ -57,6 +58,11 @@ func newGatewayMetrics(reg prometheus.Registerer, g *Gateway) *gwMetrics {
 			Name: "subgate_northbound_quota_tokens",
 			Help: "Publishes the quota governor could grant right now (free slots of the sliding one-second window).",
 		}),
+		quotaWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "subgate_northbound_quota_wait_seconds",
+			Help:    "Time a publish waited for a quota permit, by priority class (responses should not wait; backlog replay does).",
+			Buckets: []float64{0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}, []string{"class"}),
 		controlDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "subgate_northbound_control_dropped_total",
 			Help: "Responses and management messages dropped because their queue was full, by class.",
@@ -155,7 +161,7 @@ func newGatewayMetrics(reg prometheus.Registerer, g *Gateway) *gwMetrics {
 	for _, c := range []string{"response", "management"} {
 		m.controlDropped.WithLabelValues(c)
 	}
-	reg.MustRegister(m.logins, m.upAccepted, m.upRejected, m.upPublished, m.packing, m.quotaTokens,
+	reg.MustRegister(m.logins, m.upAccepted, m.upRejected, m.upPublished, m.packing, m.quotaTokens, m.quotaWait,
 		m.controlDropped, m.downlink, m.roundtrip, m.lateAnswers, m.limitHits, m.statusReports,
 		m.statusEntries, m.statusFailed, m.adds, m.deletes, m.notifications, m.timeOffset, m.sendErrors,
 		m.persistDropped, m.coalesced, subdevices, byStatus, pending, regPending, statusPending)
