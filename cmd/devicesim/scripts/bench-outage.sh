@@ -33,23 +33,11 @@
 #   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
 set -euo pipefail
 
-N=${N:-10000}
-PROCS=${PROCS:-2}
 MSG_RATE=${MSG_RATE:-0.2}
 BEFORE=${BEFORE:-30}
 OUTAGE=${OUTAGE:-60}
 AFTER=${AFTER:-60}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-240}
-CONNECT_RATE=${CONNECT_RATE:-1000}
-SRC=${SRC:-127.0.0.2-127.0.0.254}
-SB_ADDR=${SB_ADDR:-127.0.0.1:38081}
-ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:39100}
-SIM_HTTP=${SIM_HTTP:-127.0.0.1:38090}
-MQTT_ADDR=${MQTT_ADDR:-127.0.0.1:38831}
-LOAD_ADDR=${LOAD_ADDR:-127.0.0.1:38092}
-GW_ENV=${GW_ENV:-}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_LOGS=${KEEP_LOGS:-0}
 GW=outage-gw
 GW_SECRET=outage-gw-secret
 PRODUCT=outageprod
@@ -57,6 +45,7 @@ PREFIX=out
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+measured_defaults 38
 
 check_uints N PROCS BEFORE OUTAGE AFTER DRAIN_TIMEOUT CONNECT_RATE
 [[ $MSG_RATE =~ ^[0-9]*\.?[0-9]+$ ]] || die "MSG_RATE must be a number, got '$MSG_RATE'"

@@ -30,21 +30,9 @@
 #   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
 set -euo pipefail
 
-N=${N:-10000}
-PROCS=${PROCS:-2}
 MSG_RATE=${MSG_RATE:-0.6}
 WARMUP=${WARMUP:-15}
 WINDOW=${WINDOW:-20}
-CONNECT_RATE=${CONNECT_RATE:-1000}
-SRC=${SRC:-127.0.0.2-127.0.0.254}
-SB_ADDR=${SB_ADDR:-127.0.0.1:48081}
-ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:49100}
-SIM_HTTP=${SIM_HTTP:-127.0.0.1:48090}
-MQTT_ADDR=${MQTT_ADDR:-127.0.0.1:48831}
-LOAD_ADDR=${LOAD_ADDR:-127.0.0.1:48092}
-GW_ENV=${GW_ENV:-}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_LOGS=${KEEP_LOGS:-0}
 GW=quota-gw
 GW_SECRET=quota-gw-secret
 PRODUCT=quotaprod
@@ -52,6 +40,7 @@ PREFIX=quota
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+measured_defaults 48
 
 check_uints N PROCS WARMUP WINDOW CONNECT_RATE
 [[ $MSG_RATE =~ ^[0-9]*\.?[0-9]+$ ]] || die "MSG_RATE must be a number, got '$MSG_RATE'"

@@ -194,6 +194,19 @@ start_gateway() {
 	gw_pid=$!
 }
 
+# measured_defaults P: the settings bench-quota and bench-outage share,
+# with their addresses on ports P081 (devices), P090 (simulator HTTP),
+# P092 (load API), P831 (MQTT) and (P+1)100 (gateway admin), so that the
+# two can run side by side. Values already set are kept.
+measured_defaults() {
+	local p=$1
+	N=${N:-10000} PROCS=${PROCS:-2} CONNECT_RATE=${CONNECT_RATE:-1000} SRC=${SRC:-127.0.0.2-127.0.0.254}
+	SB_ADDR=${SB_ADDR:-127.0.0.1:${p}081} ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:$((p + 1))100}
+	SIM_HTTP=${SIM_HTTP:-127.0.0.1:${p}090} MQTT_ADDR=${MQTT_ADDR:-127.0.0.1:${p}831}
+	LOAD_ADDR=${LOAD_ADDR:-127.0.0.1:${p}092}
+	GW_ENV=${GW_ENV:-} SKIP_BUILD=${SKIP_BUILD:-0} KEEP_LOGS=${KEEP_LOGS:-0}
+}
+
 # start_measured GW_SETTINGS...: the setup of the benchmarks that judge
 # the gateway by what the platform sees (bench-quota, bench-outage): the
 # simulator as its own process at SIM_NICE (default -10: it stands in for a
@@ -212,23 +225,7 @@ start_measured() {
 	wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
 }
 
-# --- `subgate -dev`: gateway and simulator in one process.
-
-# start_dev_gateway starts subgate -dev (binary codec, simulator HTTP API on
-# SIM_HTTP, store in $tmp/data) and waits for its admin and simulator APIs.
-start_dev_gateway() {
-	stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
-	say "starting subgate -dev (codec binary, simulator HTTP $SIM_HTTP, store in $tmp/data)"
-	(
-		cd "$tmp"
-		exec env SUBGATE_SOUTHBOUND_LISTEN="$SB_ADDR" SUBGATE_SOUTHBOUND_CODEC=binary SUBGATE_SOUTHBOUND_MAX_CONNS=30000 \
-			SUBGATE_STORE_DIR="$tmp/data" SUBGATE_ADMIN_LISTEN="$ADMIN_ADDR" SUBGATE_LOG_LEVEL=warn \
-			"$BIN/subgate" -dev -dev-http "$SIM_HTTP"
-	) >"$tmp/gateway.out" 2>"$tmp/gateway.log" &
-	gw_pid=$!
-	wait_http "http://$ADMIN_ADDR/readyz" 60 "$gw_pid"
-	wait_http "$stats_url" 20 "$gw_pid"
-}
+# --- Helpers of the start_measured benchmarks.
 
 # stats: the simulator's GET /api/stats for GW (empty during an outage).
 stats() { curl -s --max-time 30 --retry 2 "$stats_url" || true; }
