@@ -36,6 +36,7 @@ const (
 	phaseNew   uint32 = iota // no hello yet (demo: not logged in)
 	phaseHello               // native: the hello is queued or being handled
 	phaseBound               // logged in
+	phaseReady               // native: logged in and the welcome queued; Handler sends go straight out
 )
 
 // identity is allocated at login: an idle connection that never logged in
@@ -43,7 +44,23 @@ const (
 type identity struct {
 	nodeID   string
 	deviceID string
+	// early holds what the Handler sent between binding the connection in
+	// Login and the welcome (native codecs): the welcome is always the
+	// first frame a device gets after its hello (ready sends them).
+	early []heldSend
 }
+
+// heldSend is a frame sent before the welcome, with its SendThen callback.
+type heldSend struct {
+	f  frame.Frame
+	sd *sendDone
+}
+
+// maxEarly bounds the frames held for a connection before its welcome.
+// A Handler has microseconds to send them (between Login and the
+// welcome), so more than a few means something is wrong: the connection
+// is then closed like one whose outbound buffer overflowed.
+const maxEarly = 64
 
 // Conn is one device connection. Its methods are safe for use from any
 // goroutine. Handler methods for one Conn never run concurrently.
@@ -61,7 +78,7 @@ type Conn struct {
 	opened int64 // unix nanoseconds
 
 	lastSeen atomic.Int64  // unix nanoseconds of the last bytes received
-	phase    atomic.Uint32 // phaseNew, phaseHello, phaseBound
+	phase    atomic.Uint32 // phaseNew, phaseHello, phaseBound, phaseReady
 	reason   atomic.Uint32 // closeReason; non-zero once a close began
 	outq     atomic.Int32  // bytes handed to write and not yet completed (<= maxMaxOutbound)
 
@@ -78,7 +95,7 @@ type Conn struct {
 	pingedFor int64
 
 	// The server's identity lock (Conn.ilock) guards the following fields.
-	ident   *identity
+	ident   *identity              // also the frames held before the welcome
 	pending map[*sendDone]struct{} // SendThen callbacks not yet run; nil when none
 
 	// hmu serialises Handler calls for this connection; it guards the
@@ -250,7 +267,78 @@ func (c *Conn) takePending() []func(error) {
 	return out
 }
 
+// For native codecs, frames sent after Login bound the connection and
+// before the server queued the welcome are held and sent right after it,
+// in the order they were sent. Their errors then reach only SendThen's
+// callback.
 func (c *Conn) send(f frame.Frame, sd *sendDone) error {
+	if c.closing() {
+		return ErrClosed
+	}
+	if c.phase.Load() != phaseReady && c.srv().native {
+		held, err := c.hold(f, sd)
+		if held || err != nil {
+			return err
+		}
+	}
+	return c.sendNow(f, sd)
+}
+
+// hold keeps f for ready when the connection is not ready yet. It reports
+// false when the connection became ready meanwhile.
+func (c *Conn) hold(f frame.Frame, sd *sendDone) (bool, error) {
+	mu := c.ilock()
+	mu.Lock()
+	if c.phase.Load() == phaseReady {
+		mu.Unlock()
+		return false, nil
+	}
+	if c.ident == nil {
+		// Not bound: nothing but the server itself writes to it, and
+		// the server does not come here.
+		mu.Unlock()
+		return false, nil
+	}
+	if len(c.ident.early) >= maxEarly {
+		mu.Unlock()
+		s := c.srv()
+		s.m.limitHits[lOutbound].Inc()
+		s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
+		return false, ErrSlowReader
+	}
+	c.ident.early = append(c.ident.early, heldSend{f: f, sd: sd})
+	mu.Unlock()
+	return true, nil
+}
+
+// ready sends the frames held before the welcome, then lets later sends
+// go straight out. It runs on the worker right after the welcome was
+// queued. A frame sent while it flushes is held and sent in a later round,
+// so one goroutine's frames keep their order.
+func (c *Conn) ready() {
+	mu := c.ilock()
+	for {
+		mu.Lock()
+		var early []heldSend
+		if c.ident != nil {
+			early, c.ident.early = c.ident.early, nil
+		}
+		if len(early) == 0 {
+			c.phase.Store(phaseReady)
+			mu.Unlock()
+			return
+		}
+		mu.Unlock()
+		for _, h := range early {
+			if err := c.sendNow(h.f, h.sd); err != nil && h.sd != nil {
+				h.sd.complete(err)
+			}
+		}
+	}
+}
+
+// sendNow encodes f and hands it to the transport.
+func (c *Conn) sendNow(f frame.Frame, sd *sendDone) error {
 	if c.closing() {
 		return ErrClosed
 	}

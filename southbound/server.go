@@ -32,7 +32,9 @@ type Handler interface {
 	// message frame (NodeID = the id the demo device sent; Content = its
 	// content). Returning nil binds the connection: for native codecs the
 	// server then sends TypeWelcome with DeviceID from c.DeviceID() (the
-	// node id when Login set none). A
+	// node id when Login set none). The welcome is the first frame the
+	// device gets: what the Handler sends to c once Login made it
+	// reachable is held until the welcome is queued. A
 	// non-nil error refuses: a *frame.Error gives the code and reason sent
 	// to the device (native: then close; demo: the reason is sent as a
 	// reply and the connection stays open until MaxBadFrames refusals in a
@@ -220,7 +222,7 @@ func (s *Server) Lookup(nodeID string) (*Conn, bool) {
 	s.smu.Lock()
 	c := s.sessions[nodeID]
 	s.smu.Unlock()
-	if c == nil || c.phase.Load() != phaseBound || c.closing() {
+	if c == nil || c.phase.Load() < phaseBound || c.closing() {
 		return nil, false
 	}
 	return c, true
@@ -618,9 +620,12 @@ func (s *Server) login(c *Conn, hello frame.Frame) bool {
 			// the node id echoed rather than a device left waiting.
 			id = node
 		}
-		if err := c.Send(frame.Frame{Type: frame.TypeWelcome, Seq: hello.Seq, NodeID: node, DeviceID: id}); err != nil && !errors.Is(err, ErrClosed) {
+		if err := c.sendNow(frame.Frame{Type: frame.TypeWelcome, Seq: hello.Seq, NodeID: node, DeviceID: id}, nil); err != nil && !errors.Is(err, ErrClosed) {
 			s.errs.emit("welcome not sent", "device_id", node, "err", err)
 		}
+		// What the Handler sent since it bound the connection follows
+		// the welcome.
+		c.ready()
 	}
 	return true
 }
@@ -691,7 +696,7 @@ func (s *Server) sweep(now int64) {
 		}
 		seen := c.lastSeen.Load()
 		switch phase := c.phase.Load(); {
-		case phase != phaseBound && (phase == phaseNew || !s.native) && now-c.opened > hello:
+		case phase < phaseBound && (phase == phaseNew || !s.native) && now-c.opened > hello:
 			acts = append(acts, act{c, actHello})
 		case now-seen > idle:
 			acts = append(acts, act{c, actIdle})

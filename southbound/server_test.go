@@ -936,3 +936,72 @@ func BenchmarkUplinkLoopback(b *testing.B) {
 	}
 	b.ReportMetric(float64(h.n.Load())/float64(ops), "frames/op")
 }
+
+// TestWelcomeFirst: frames a Handler sends as soon as Login made the
+// connection reachable (here: from Login itself, the earliest possible
+// moment) reach the device after the welcome, in order, and their
+// SendThen callbacks run once they are written.
+func TestWelcomeFirst(t *testing.T) {
+	for _, codec := range []string{"jsonl", "binary"} {
+		t.Run(codec, func(t *testing.T) {
+			h := newFakeHandler()
+			done := make(chan error, 3)
+			h.login = func(c *Conn, f frame.Frame) error {
+				c.SetDeviceID("dev-" + f.NodeID)
+				for i := uint32(1); i <= 3; i++ {
+					if err := c.SendThen(frame.Frame{Type: frame.TypeAck, Seq: i}, func(err error) { done <- err }); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			hs := startServer(t, Config{Codec: codec}, h, nil)
+			c := hs.login(t, "early") // fails unless the welcome comes first
+			hs.h.expect(t, "login")
+			for i := uint32(1); i <= 3; i++ {
+				if f := recv(t, c); f.Type != frame.TypeAck || f.Seq != i {
+					t.Fatalf("frame %d after the welcome: %v seq %d", i, f.Type, f.Seq)
+				}
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("done(%v)", err)
+					}
+				case <-time.After(wait):
+					t.Fatal("SendThen callback of a held frame not called")
+				}
+			}
+		})
+	}
+}
+
+// TestEarlyFramesBounded: a Handler that sends more than maxEarly frames
+// before the welcome gets ErrSlowReader and the connection is closed.
+func TestEarlyFramesBounded(t *testing.T) {
+	h := newFakeHandler()
+	errs := make(chan error, 1)
+	h.login = func(c *Conn, f frame.Frame) error {
+		c.SetDeviceID("dev-" + f.NodeID)
+		var err error
+		for i := 0; i <= maxEarly && err == nil; i++ {
+			err = c.Send(frame.Frame{Type: frame.TypeAck, Seq: uint32(i)})
+		}
+		errs <- err
+		return nil
+	}
+	hs := startServer(t, Config{Codec: "jsonl"}, h, nil)
+	c := hs.dial(t, southboundtest.Options{NodeID: "chatty"})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	_, _ = c.Hello(ctx) // the connection is closed while logging in
+	select {
+	case err := <-errs:
+		if !errors.Is(err, ErrSlowReader) {
+			t.Fatalf("send %d before the welcome: %v, want ErrSlowReader", maxEarly+1, err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Login not called")
+	}
+	hs.h.expect(t, "login")
+	hs.h.expect(t, "logout")
+}
