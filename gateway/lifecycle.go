@@ -74,29 +74,41 @@ func (r *statusReporter) kick() {
 func (r *statusReporter) reReportAll(forget bool) {
 	g := r.g
 	all := g.devs.All()
-	states := make(map[string]subdevice.Status, len(all))
-	for _, d := range all {
-		if _, online := g.connByDevice(d.DeviceID); online {
-			states[d.DeviceID] = subdevice.Online
-		} else {
-			states[d.DeviceID] = subdevice.Offline
-		}
-	}
-	r.mu.Lock()
 	if forget {
+		r.mu.Lock()
 		// "" marks the platform's state as unknown: every device is
 		// reported again, whatever it confirmed before (iotda §3.12 step 4).
 		r.reported = make(map[string]subdevice.Status, len(all))
-		for id := range states {
-			r.reported[id] = ""
+		for _, d := range all {
+			r.reported[d.DeviceID] = ""
 		}
+		r.mu.Unlock()
 	}
-	for id, st := range states {
-		if _, pending := r.want[id]; !pending {
-			r.want[id] = st
+	// A device's state is read under mu, where set() also runs: Login and
+	// Logout change the live table before they call set(), so a device
+	// that connects while this runs is either seen online here or its
+	// ONLINE comes after this entry and replaces it. (Read before taking
+	// mu, an OFFLINE read just before the device connected could replace
+	// its ONLINE that was already sent, and the platform would show a
+	// connected device OFFLINE.) Chunks keep set() callers, which are
+	// southbound workers, from waiting for a whole large registry.
+	const chunk = 4096
+	for len(all) > 0 {
+		n := min(len(all), chunk)
+		r.mu.Lock()
+		for _, d := range all[:n] {
+			if _, pending := r.want[d.DeviceID]; pending {
+				continue
+			}
+			st := subdevice.Offline
+			if _, online := g.connByDevice(d.DeviceID); online {
+				st = subdevice.Online
+			}
+			r.want[d.DeviceID] = st
 		}
+		r.mu.Unlock()
+		all = all[n:]
 	}
-	r.mu.Unlock()
 	r.kick()
 }
 

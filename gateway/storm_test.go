@@ -202,3 +202,53 @@ func TestReconnectStorm(t *testing.T) {
 			all.MaxEntriesPerSecond, limit, rate, stormShutdownSlack)
 	}
 }
+
+// TestReReportWhileConnecting: full status re-reports (after the startup
+// grace, a reconnect, a resync) that overlap with devices connecting must
+// never leave a connected device OFFLINE on the platform. The re-report
+// runs here in a loop while stormReconnect devices log in.
+func TestReReportWhileConnecting(t *testing.T) {
+	sim := startSim(t, "127.0.0.1:0")
+	cfg := testConfig(t, sim.Addr(), frame.NameJSONL)
+	cfg.Subdevice.StatusDebounce = 50 * time.Millisecond
+	cfg.Subdevice.StartupGrace = time.Hour // only the loop below re-reports
+	seedStorm(t, sim, cfg.Store.Dir)
+	h := startGateway(t, sim, cfg)
+	h.waitSim("gateway connected", func(v *iotdasim.View) bool { return v.Connected(testGW) })
+
+	stop := make(chan struct{})
+	looped := make(chan int)
+	// The status reporter's own flushes, as often as they can go: a
+	// device's ONLINE is most at risk when it is sent while a re-report
+	// is being computed.
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			h.gw.status.flush(false, nil)
+		}
+	}()
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				looped <- n
+				return
+			default:
+			}
+			h.gw.status.reReportAll(false)
+			n++
+		}
+	}()
+	connectAll(t, h.addr(), stormReconnect)
+	close(stop)
+	<-flushed
+	t.Logf("%d re-reports overlapped the logins", <-looped)
+	h.waitSim("connected devices ONLINE, the rest OFFLINE", func(v *iotdasim.View) bool { return settled(v, stormReconnect) })
+}
