@@ -44,13 +44,13 @@ const (
 type identity struct {
 	nodeID   string
 	deviceID string
-	// early holds what the Handler sent between binding the connection in
-	// Login and the welcome (native codecs): the welcome is always the
-	// first frame a device gets after its hello (ready sends them).
-	early []heldSend
 }
 
-// heldSend is a frame sent before the welcome, with its SendThen callback.
+// heldSend is a frame a Handler sent between binding the connection in
+// Login and the welcome (native codecs), with its SendThen callback. The
+// welcome is always the first frame a device gets after its hello: such
+// frames wait in the connection's stripe (stripe.early, so that no Conn
+// carries a field for them) until ready sends them.
 type heldSend struct {
 	f  frame.Frame
 	sd *sendDone
@@ -112,9 +112,12 @@ func (c *Conn) srv() *Server { return c.w.s }
 // ilock returns the lock guarding c.ident and c.pending: one of the
 // server's striped locks, so that a connection carries no mutex of its own
 // for fields it rarely touches. It is never held while another is taken.
-func (c *Conn) ilock() *sync.Mutex {
+func (c *Conn) ilock() *sync.Mutex { return &c.stripe().mu }
+
+// stripe returns the server stripe that c's identity lock belongs to.
+func (c *Conn) stripe() *stripe {
 	st := &c.w.s.stripes
-	return &st[c.id%uint64(len(st))].mu
+	return &st[c.id%uint64(len(st))]
 }
 
 // ID returns a number unique to this connection within the process.
@@ -287,27 +290,34 @@ func (c *Conn) send(f frame.Frame, sd *sendDone) error {
 // hold keeps f for ready when the connection is not ready yet. It reports
 // false when the connection became ready meanwhile.
 func (c *Conn) hold(f frame.Frame, sd *sendDone) (bool, error) {
-	mu := c.ilock()
-	mu.Lock()
-	if c.phase.Load() == phaseReady {
-		mu.Unlock()
+	st := c.stripe()
+	st.mu.Lock()
+	if c.closing() {
+		// Checked under the lock: dropEarly, which runs after a close
+		// began, then finds everything held before it.
+		st.mu.Unlock()
+		return false, ErrClosed
+	}
+	if c.phase.Load() == phaseReady || c.ident == nil {
+		// Ready meanwhile, or not bound at all: nothing but the server
+		// writes to a connection before Login, and the server does not
+		// come here.
+		st.mu.Unlock()
 		return false, nil
 	}
-	if c.ident == nil {
-		// Not bound: nothing but the server itself writes to it, and
-		// the server does not come here.
-		mu.Unlock()
-		return false, nil
-	}
-	if len(c.ident.early) >= maxEarly {
-		mu.Unlock()
+	held := st.early[c]
+	if len(held) >= maxEarly {
+		st.mu.Unlock()
 		s := c.srv()
 		s.m.limitHits[lOutbound].Inc()
 		s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
 		return false, ErrSlowReader
 	}
-	c.ident.early = append(c.ident.early, heldSend{f: f, sd: sd})
-	mu.Unlock()
+	if st.early == nil {
+		st.early = make(map[*Conn][]heldSend)
+	}
+	st.early[c] = append(held, heldSend{f: f, sd: sd})
+	st.mu.Unlock()
 	return true, nil
 }
 
@@ -316,25 +326,39 @@ func (c *Conn) hold(f frame.Frame, sd *sendDone) (bool, error) {
 // queued. A frame sent while it flushes is held and sent in a later round,
 // so one goroutine's frames keep their order.
 func (c *Conn) ready() {
-	mu := c.ilock()
+	st := c.stripe()
 	for {
-		mu.Lock()
-		var early []heldSend
-		if c.ident != nil {
-			early, c.ident.early = c.ident.early, nil
-		}
+		st.mu.Lock()
+		early := st.early[c]
 		if len(early) == 0 {
 			c.phase.Store(phaseReady)
-			mu.Unlock()
+			if len(st.early) == 0 {
+				st.early = nil
+			}
+			st.mu.Unlock()
 			return
 		}
-		mu.Unlock()
+		delete(st.early, c)
+		st.mu.Unlock()
 		for _, h := range early {
 			if err := c.sendNow(h.f, h.sd); err != nil && h.sd != nil {
 				h.sd.complete(err)
 			}
 		}
 	}
+}
+
+// dropEarly forgets frames held for a connection that closed before its
+// welcome. Their SendThen callbacks are among the pending ones the close
+// fails.
+func (c *Conn) dropEarly() {
+	st := c.stripe()
+	st.mu.Lock()
+	delete(st.early, c)
+	if len(st.early) == 0 {
+		st.early = nil
+	}
+	st.mu.Unlock()
 }
 
 // sendNow encodes f and hands it to the transport.

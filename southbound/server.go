@@ -478,6 +478,7 @@ func (s *Server) handle(it *item) {
 	case itemDone:
 		it.done(it.err)
 	case itemClose:
+		c.dropEarly()
 		for _, fn := range c.takePending() {
 			fn(ErrClosed)
 		}
@@ -725,7 +726,10 @@ func (s *Server) sweep(now int64) {
 // own cache line.
 type stripe struct {
 	mu sync.Mutex
-	_  [56]byte
+	// early: frames held until a connection's welcome (Conn.hold); nil
+	// when none are.
+	early map[*Conn][]heldSend
+	_     [48]byte
 }
 
 // connTable holds every open connection for the sweeper and shutdown,

@@ -971,8 +971,25 @@ func TestWelcomeFirst(t *testing.T) {
 					t.Fatal("SendThen callback of a held frame not called")
 				}
 			}
+			if n := heldFrames(hs.s); n != 0 {
+				t.Fatalf("%d frames still held after the welcome", n)
+			}
 		})
 	}
+}
+
+// heldFrames counts the frames held for welcomes across the stripes.
+func heldFrames(s *Server) int {
+	n := 0
+	for i := range s.stripes {
+		st := &s.stripes[i]
+		st.mu.Lock()
+		for _, h := range st.early {
+			n += len(h)
+		}
+		st.mu.Unlock()
+	}
+	return n
 }
 
 // TestEarlyFramesBounded: a Handler that sends more than maxEarly frames
@@ -1004,4 +1021,7 @@ func TestEarlyFramesBounded(t *testing.T) {
 	}
 	hs.h.expect(t, "login")
 	hs.h.expect(t, "logout")
+	if n := heldFrames(hs.s); n != 0 {
+		t.Fatalf("%d frames of a closed connection still held", n)
+	}
 }
