@@ -48,15 +48,17 @@ func (g *Gateway) Login(c *southbound.Conn, hello frame.Frame) error {
 		g.m.logins.WithLabelValues("refused").Inc()
 		return err
 	}
-	if pr, pending := g.regs.pendingFor(node); pending {
-		g.bind(c, pr.deviceID)
-		return nil
-	}
-	if err := g.regs.request(node, deviceID, product, hello); err != nil {
+	dev, registered, err := g.regs.attach(c, node, deviceID, product, hello)
+	switch {
+	case err != nil:
 		g.m.logins.WithLabelValues("refused").Inc()
 		return frame.Errorf(frame.CodeBusy, true, "registration queue full, retry later")
+	case registered:
+		// Confirmed since the lookup above.
+		g.bind(c, dev.DeviceID)
+		g.markOnline(c, dev.DeviceID, hello)
+		return nil
 	}
-	g.bind(c, deviceID)
 	g.m.logins.WithLabelValues("pending").Inc()
 	return nil
 }
@@ -69,6 +71,12 @@ func (g *Gateway) bind(c *southbound.Conn, deviceID string) {
 		g.conns.Store(c, &connState{})
 	}
 	g.live.store(deviceID, c)
+}
+
+// unbind undoes bind for a login that is refused after all.
+func (g *Gateway) unbind(c *southbound.Conn, deviceID string) {
+	g.conns.Delete(c)
+	g.live.compareAndDelete(deviceID, c)
 }
 
 // rebind moves c to the device id the platform assigned.

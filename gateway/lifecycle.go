@@ -437,33 +437,37 @@ func newRegistrar(g *Gateway) *registrar {
 
 var errQueueFull = errors.New("gateway: queue full")
 
-func (r *registrar) request(node, deviceID, product string, hello frame.Frame) error {
+// attach binds c to the registration of node: the one already pending, or
+// a new add request. It reports registered (and binds nothing) when the
+// device was confirmed since the caller looked it up. Binding under mu,
+// where confirmed looks the connection up, means a confirmation either
+// finds c or happened before, and then the record is there.
+func (r *registrar) attach(c *southbound.Conn, node, deviceID, product string, hello frame.Frame) (subdevice.Device, bool, error) {
+	g := r.g
 	r.mu.Lock()
-	if _, ok := r.pending[node]; ok {
+	if d, ok := g.devs.ByNode(node); ok {
 		r.mu.Unlock()
-		return nil
+		return d, true, nil
+	}
+	if p, ok := r.pending[node]; ok {
+		g.bind(c, p.deviceID)
+		r.mu.Unlock()
+		return subdevice.Device{}, false, nil
 	}
 	r.pending[node] = &pendingReg{node: node, deviceID: deviceID, product: product, fw: hello.FwVersion, sw: hello.SwVersion}
+	g.bind(c, deviceID)
 	r.mu.Unlock()
 	select {
 	case r.addQ <- node:
-		return nil
+		return subdevice.Device{}, false, nil
 	default:
 		r.mu.Lock()
 		delete(r.pending, node)
 		r.mu.Unlock()
+		g.unbind(c, deviceID)
 		r.g.hit("registration_queue", "node_id", node)
-		return errQueueFull
+		return subdevice.Device{}, false, errQueueFull
 	}
-}
-
-func (r *registrar) pendingFor(node string) (pendingReg, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if p, ok := r.pending[node]; ok {
-		return *p, true
-	}
-	return pendingReg{}, false
 }
 
 func (r *registrar) pendingCount() int {
@@ -873,14 +877,16 @@ func (r *registrar) current(devs []subdevice.Device) []subdevice.Device {
 func (r *registrar) confirmed(devs []subdevice.Device) {
 	g := r.g
 	for _, d := range devs {
+		// Under mu, like attach: a login that attached to the pending
+		// registration is found here, a later one finds the record.
 		r.mu.Lock()
 		p, was := r.pending[d.NodeID]
 		delete(r.pending, d.NodeID)
-		r.mu.Unlock()
 		c, ok := g.connByDevice(d.DeviceID)
 		if !ok && was {
 			c, ok = g.connOfPending(p)
 		}
+		r.mu.Unlock()
 		if !ok {
 			// Added on the platform side and not connected: the platform
 			// shows it INACTIVE until it comes online.
