@@ -225,6 +225,18 @@ func (hs *harness) login(t testing.TB, node string) *southboundtest.Client {
 	return c
 }
 
+// waitErr returns the next error sent on ch, failing the test after wait.
+func waitErr(t testing.TB, ch <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(wait):
+		t.Fatalf("%s: not called in time", what)
+		return nil
+	}
+}
+
 // recv returns the next frame the client receives, failing after wait.
 func recv(t testing.TB, c *southboundtest.Client) frame.Frame {
 	t.Helper()

@@ -779,13 +779,8 @@ func TestSendThen(t *testing.T) {
 	if err := in.c.SendThen(frame.Frame{Type: frame.TypeAck, Seq: 5}, func(err error) { done <- err }); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("done(%v)", err)
-		}
-	case <-time.After(wait):
-		t.Fatal("done not called")
+	if err := waitErr(t, done, "SendThen callback"); err != nil {
+		t.Fatalf("done(%v)", err)
 	}
 	if f := recv(t, c); f.Type != frame.TypeAck || f.Seq != 5 {
 		t.Fatalf("got %v %d", f.Type, f.Seq)
@@ -962,13 +957,8 @@ func TestWelcomeFirst(t *testing.T) {
 				if f := recv(t, c); f.Type != frame.TypeAck || f.Seq != i {
 					t.Fatalf("frame %d after the welcome: %v seq %d", i, f.Type, f.Seq)
 				}
-				select {
-				case err := <-done:
-					if err != nil {
-						t.Fatalf("done(%v)", err)
-					}
-				case <-time.After(wait):
-					t.Fatal("SendThen callback of a held frame not called")
+				if err := waitErr(t, done, "SendThen callback of a held frame"); err != nil {
+					t.Fatalf("done(%v)", err)
 				}
 			}
 			if n := heldFrames(hs.s); n != 0 {
