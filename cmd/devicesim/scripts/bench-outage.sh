@@ -29,6 +29,8 @@
 #   SB_ADDR [127.0.0.1:38081] ADMIN_ADDR [127.0.0.1:39100] SIM_HTTP [127.0.0.1:38090]
 #   MQTT_ADDR [127.0.0.1:38831] LOAD_ADDR [127.0.0.1:38092]
 #   SIM_NICE [-10] DEV_NICE [10] GW_NICE [0] SIM_ENV [GOGC=400]
+#   WIRE [auto: 1 when tcpdump is installed and we are root] (a kernel-stamped
+#   second count of the publishes; wirerate)
 #   GW_ENV ["", extra VAR=VALUE settings for the gateway, space separated]
 #   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
 set -euo pipefail
@@ -129,3 +131,4 @@ echo "reports_sent=$sent reports_acked=$acked reports_received=$recv missing=$mi
 echo "max_publishes_in_1s=$(echo "$final" | jq .max_publishes_per_second) rate_violations=$(echo "$final" | jq .violations)" \
 	"publishes=$(echo "$final" | jq .publishes) outbox_before=$pre_outbox outbox_peak=$peak drain_s=$drain"
 echo "received_before_outage=$(echo "$before" | jq .distinct)"
+wire_report

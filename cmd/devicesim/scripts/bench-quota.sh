@@ -26,6 +26,8 @@
 #   SB_ADDR [127.0.0.1:48081] ADMIN_ADDR [127.0.0.1:49100] SIM_HTTP [127.0.0.1:48090]
 #   MQTT_ADDR [127.0.0.1:48831] LOAD_ADDR [127.0.0.1:48092]
 #   SIM_NICE [-10] DEV_NICE [10] GW_NICE [0] SIM_ENV [GOGC=400]
+#   WIRE [auto: 1 when tcpdump is installed and we are root] (a kernel-stamped
+#   second count of the publishes; wirerate)
 #   GW_ENV ["", extra VAR=VALUE settings for the gateway, space separated]
 #   BIN [<tmp>/bin] SKIP_BUILD [0] KEEP_LOGS [0]
 set -euo pipefail
@@ -87,3 +89,4 @@ jq -n -r --argjson a "$s0" --argjson b "$s1" --arg t0 "$t0" --arg t1 "$t1" --arg
 	"reports_per_s=\($r / $sec | round) publishes_per_s=\($p / $sec * 100 | round / 100) batch_publishes_per_s=\($bp / $sec * 100 | round / 100) devices_per_batch=\(if $bp > 0 then ($r / $bp * 100 | round / 100) else 0 end)",
 	"whole run: tightest_51_ms=\($b.tightest_span_ms * 10 | round / 10) at \($b.tightest_at) (\($b.tightest_kinds | tostring)), window \($t0 | tonumber | todate)..\($t1 | tonumber | todate)",
 	"max_publishes_in_1s=\($b.max_publishes_per_second) rate_violations=\($b.violations) window_violations=\($b.violations - $a.violations) order_violations=\($b.order_violations) gaps=\($b.gaps) outbox_at_end=\($outbox)"'
+wire_report "$t0" "$t1"

@@ -49,7 +49,7 @@ bench_init() {
 	ulimit -n "$(ulimit -Hn)"
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/$bench.XXXXXX")
 	chmod 700 "$tmp"
-	gw_pid="" sim_pid="" dev_pids=()
+	gw_pid="" sim_pid="" dev_pids=() cap_pid=""
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
 }
@@ -88,6 +88,7 @@ cleanup() {
 	for pid in "${dev_pids[@]}"; do stop_pid "$pid" INT; done
 	[[ -n $gw_pid ]] && stop_pid "$gw_pid" TERM
 	[[ -n $sim_pid ]] && stop_pid "$sim_pid" "$sim_sig"
+	[[ -n $cap_pid ]] && stop_pid "$cap_pid" INT
 	((rc == 0)) || show_logs
 	if [[ $KEEP_LOGS == 1 || $rc != 0 ]]; then say "logs kept in $tmp"; else rm -rf "$tmp"; fi
 	exit "$rc"
@@ -219,6 +220,7 @@ start_measured() {
 	DEV_NICE=${DEV_NICE:-10}
 	SIM_ENV=${SIM_ENV:-GOGC=400}
 	SIM_ARGS="-max-records 1000000 ${SIM_ARGS:-}"
+	start_wire_capture
 	start_load_sim
 	stats_url="http://$SIM_HTTP/api/stats?gateway=$GW"
 	start_gateway gateway SUBGATE_LOG_LEVEL=warn "$@"
@@ -226,6 +228,48 @@ start_measured() {
 }
 
 # --- Helpers of the start_measured benchmarks.
+
+# start_wire_capture: with WIRE=1 (the default when tcpdump is installed
+# and may capture), record the MQTT connection's packets on lo with
+# kernel timestamps, for wire_report: a second count of the quota that
+# does not depend on when the simulator's goroutines run
+# (docs/performance-northbound.md). WIRE=0 skips it.
+start_wire_capture() {
+	local port=${MQTT_ADDR##*:} i
+	WIRE=${WIRE:-auto}
+	if [[ $WIRE == auto ]]; then
+		WIRE=0
+		command -v tcpdump >/dev/null && (($(id -u) == 0)) && WIRE=1
+	fi
+	[[ $WIRE == 1 ]] || return 0
+	build_bins wirerate
+	tcpdump -i lo -s 0 -B 65536 --immediate-mode -U --time-stamp-precision=nano -w "$tmp/mqtt.pcap" "tcp dst port $port" \
+		>"$tmp/tcpdump.log" 2>&1 &
+	cap_pid=$!
+	for ((i = 0; i < 100; i++)); do
+		grep -q "listening on" "$tmp/tcpdump.log" && return 0
+		alive "$cap_pid" || break
+		sleep 0.1
+	done
+	die "tcpdump did not start: $(cat "$tmp/tcpdump.log")"
+}
+
+# wire_report [SINCE UNTIL]: stop the capture and print the publishes of
+# the capture in all and, when given, between the two unix times.
+wire_report() {
+	[[ $WIRE == 1 && -n $cap_pid ]] || return 0
+	stop_pid "$cap_pid" INT
+	cap_pid=""
+	local dropped port=${MQTT_ADDR##*:}
+	dropped=$(grep -Eo '[0-9]+ packets dropped by kernel' "$tmp/tcpdump.log" || echo "unknown")
+	(($# == 2)) || return 0
+	local since until
+	since=$(date -u -d "@$1" +%Y-%m-%dT%H:%M:%S.%NZ) until=$(date -u -d "@$2" +%Y-%m-%dT%H:%M:%S.%NZ)
+	"$BIN/wirerate" -port "$port" "$tmp/mqtt.pcap" | jq -c --arg d "$dropped" \
+		'"wire (tcpdump, whole run): publishes=\(.publishes) max_publishes_in_1s=\(.max_in_window) violations=\(.violations) tightest_51_ms=\(.tightest_span_ms * 10 | round / 10) at \(.tightest_at) unparsed_streams=\(.unparsed_streams) (\($d))"' -r
+	"$BIN/wirerate" -port "$port" -since "$since" -until "$until" "$tmp/mqtt.pcap" | jq -r \
+		'"wire (tcpdump, window): publishes=\(.publishes) max_publishes_in_1s=\(.max_in_window) violations=\(.violations)"'
+}
 
 # stats: the simulator's GET /api/stats for GW (empty during an outage).
 stats() { curl -s --max-time 30 --retry 2 "$stats_url" || true; }
