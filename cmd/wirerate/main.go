@@ -89,7 +89,7 @@ type Report struct {
 	Publishes     int            `json:"publishes"`
 	Violations    int            `json:"violations"`
 	MaxInWindow   int            `json:"max_in_window"`
-	TightestMs    float64        `json:"tightest_span_ms"` // of cap+1 publishes of one stream; 0 when none had that many
+	TightestMs    float64        `json:"tightest_span_ms"`     // of cap+1 publishes of one stream; 0 when none had that many
 	TightestAt    time.Time      `json:"tightest_at,omitzero"` // the first publish of that span
 	First         time.Time      `json:"first,omitzero"`
 	Last          time.Time      `json:"last,omitzero"`
