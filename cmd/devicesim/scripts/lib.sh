@@ -262,11 +262,11 @@ wire_report() {
 	cap_pid=""
 	local dropped port=${MQTT_ADDR##*:}
 	dropped=$(grep -Eo '[0-9]+ packets dropped by kernel' "$tmp/tcpdump.log" || echo "unknown")
+	"$BIN/wirerate" -port "$port" "$tmp/mqtt.pcap" | jq -c --arg d "$dropped" \
+		'"wire (tcpdump, whole run): publishes=\(.publishes) max_publishes_in_1s=\(.max_in_window) violations=\(.violations) tightest_51_ms=\(.tightest_span_ms * 10 | round / 10) at \(.tightest_at) unparsed_streams=\(.unparsed_streams) (\($d))"' -r
 	(($# == 2)) || return 0
 	local since until
 	since=$(date -u -d "@$1" +%Y-%m-%dT%H:%M:%S.%NZ) until=$(date -u -d "@$2" +%Y-%m-%dT%H:%M:%S.%NZ)
-	"$BIN/wirerate" -port "$port" "$tmp/mqtt.pcap" | jq -c --arg d "$dropped" \
-		'"wire (tcpdump, whole run): publishes=\(.publishes) max_publishes_in_1s=\(.max_in_window) violations=\(.violations) tightest_51_ms=\(.tightest_span_ms * 10 | round / 10) at \(.tightest_at) unparsed_streams=\(.unparsed_streams) (\($d))"' -r
 	"$BIN/wirerate" -port "$port" -since "$since" -until "$until" "$tmp/mqtt.pcap" | jq -r \
 		'"wire (tcpdump, window): publishes=\(.publishes) max_publishes_in_1s=\(.max_in_window) violations=\(.violations)"'
 }
