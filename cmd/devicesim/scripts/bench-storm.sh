@@ -6,7 +6,6 @@
 #   ready_ms           gateway process start -> /readyz 200 with RECORDS records
 #   converged_s        restart -> the simulator shows exactly the connected
 #                      devices ONLINE and every other one OFFLINE
-#   rereported_s       restart -> every known device's state re-reported
 #   status_messages, status_entries, max_entries_per_message,
 #   max_entries_per_second (sliding one-second window at the simulator)
 #
@@ -106,7 +105,7 @@ start_devices "$CONNECT" binary "$PREFIX" -max-pending 2000 -hold "$((CONVERGE_T
 
 status_url="http://$LOAD_ADDR/api/load/status?gateway=$GW&since=$since&prefix=$PREFIX&from=0&to=$CONNECT"
 others=$((RECORDS - CONNECT))
-converged="" rereported="" sessions_at=""
+converged="" sessions_at=""
 start_ms=$t0
 while :; do
 	s=$(curl -s --max-time 5 "$status_url")
@@ -123,7 +122,6 @@ while :; do
 		converged_report=$s
 		say "converged after ${el}s: $on ONLINE, $off OFFLINE"
 	fi
-	if [[ -z $rereported ]] && ((entries >= RECORDS)); then rereported=$el; fi
 	# A storm reports only real changes (decisions D22): stop 15 s after
 	# convergence, long enough to see that nothing else is sent.
 	[[ -n $converged ]] && ((el - converged >= 15)) && break
@@ -136,7 +134,7 @@ final=$(curl -s "$status_url")
 gw_rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$gw_pid/status")
 
 echo "records=$RECORDS connected=$CONNECT ready_ms=$ready_ms devices_connected_s=${sessions_at:-timeout}"
-echo "converged_s=${converged:-timeout} rereported_s=${rereported:-timeout}"
+echo "converged_s=${converged:-timeout}"
 [[ -n $converged ]] && echo "$converged_report" | jq -r '"at convergence: status_messages=\(.reports.messages) status_entries=\(.reports.entries) max_entries_per_message=\(.reports.max_entries) max_entries_per_second=\(.reports.max_entries_per_second)"'
 echo "$final" | jq -r '"final: status_messages=\(.reports.messages) status_entries=\(.reports.entries) max_entries_per_message=\(.reports.max_entries) max_entries_per_second=\(.reports.max_entries_per_second) by_status=\(.by_status|tostring) protocol_errors=\(.errors)"'
 echo "gateway_rss_kib=$gw_rss"
