@@ -308,9 +308,7 @@ func (c *Conn) hold(f frame.Frame, sd *sendDone) (bool, error) {
 	held := st.early[c]
 	if len(held) >= maxEarly {
 		st.mu.Unlock()
-		s := c.srv()
-		s.m.limitHits[lOutbound].Inc()
-		s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
+		c.srv().slowReader(c, -1)
 		return false, ErrSlowReader
 	}
 	if st.early == nil {
@@ -361,6 +359,19 @@ func (c *Conn) dropEarly() {
 	st.mu.Unlock()
 }
 
+// slowReader closes c because what it has not read yet would pass
+// MaxOutbound (queued: the bytes it would take; -1 for frames held before
+// the welcome): counted and logged (rate-limited) like every bound.
+func (s *Server) slowReader(c *Conn, queued int) {
+	s.m.limitHits[lOutbound].Inc()
+	if queued < 0 {
+		s.warn.emit("slow reader", "remote", c.remote, "device_id", c.NodeID(), "held_before_welcome", maxEarly)
+	} else {
+		s.warn.emit("slow reader", "remote", c.remote, "device_id", c.NodeID(), "n", queued)
+	}
+	s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
+}
+
 // sendNow encodes f and hands it to the transport.
 func (c *Conn) sendNow(f frame.Frame, sd *sendDone) error {
 	if c.closing() {
@@ -386,8 +397,7 @@ func (c *Conn) sendNow(f frame.Frame, sd *sendDone) error {
 		// Never queued: MaxOutbound (<= maxMaxOutbound) keeps outq in int32.
 		*bp = b
 		putBuf(bp)
-		s.m.limitHits[lOutbound].Inc()
-		s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
+		s.slowReader(c, int(c.outq.Load())+len(b))
 		return ErrSlowReader
 	}
 	n := int32(len(b))
@@ -395,8 +405,7 @@ func (c *Conn) sendNow(f frame.Frame, sd *sendDone) error {
 		c.outq.Add(-n)
 		*bp = b
 		putBuf(bp)
-		s.m.limitHits[lOutbound].Inc()
-		s.closeConn(c, rSlowReader, frame.CodeSlowReader, "outbound buffer full")
+		s.slowReader(c, int(c.outq.Load())+len(b))
 		return ErrSlowReader
 	}
 	t := f.Type
