@@ -19,6 +19,14 @@ const (
 	linkSLL2     = 276 // Linux cooked capture v2 (-i any)
 )
 
+// linkHeaders: the header size of the link types that carry an
+// ethertype, and where it is.
+var linkHeaders = map[uint32]struct{ size, proto int }{
+	linkEthernet: {14, 12},
+	linkSLL:      {16, 14},
+	linkSLL2:     {20, 0},
+}
+
 // maxRecord bounds one captured packet: a record header claiming more is
 // a corrupt file, not a reason to allocate gigabytes.
 const maxRecord = 1 << 20
@@ -109,27 +117,18 @@ type tcpSegment struct {
 func (p *pcapReader) tcp(b []byte) (tcpSegment, bool) {
 	var proto uint16 // ethertype
 	switch p.link {
-	case linkEthernet:
-		if len(b) < 14 {
+	case linkEthernet, linkSLL, linkSLL2:
+		lh := linkHeaders[p.link]
+		if len(b) < lh.size {
 			return tcpSegment{}, false
 		}
-		proto, b = binary.BigEndian.Uint16(b[12:14]), b[14:]
-		for proto == 0x8100 || proto == 0x88a8 { // VLAN tags
+		proto, b = binary.BigEndian.Uint16(b[lh.proto:]), b[lh.size:]
+		for p.link == linkEthernet && (proto == 0x8100 || proto == 0x88a8) { // VLAN tags
 			if len(b) < 4 {
 				return tcpSegment{}, false
 			}
 			proto, b = binary.BigEndian.Uint16(b[2:4]), b[4:]
 		}
-	case linkSLL:
-		if len(b) < 16 {
-			return tcpSegment{}, false
-		}
-		proto, b = binary.BigEndian.Uint16(b[14:16]), b[16:]
-	case linkSLL2:
-		if len(b) < 20 {
-			return tcpSegment{}, false
-		}
-		proto, b = binary.BigEndian.Uint16(b[0:2]), b[20:]
 	case linkNull:
 		if len(b) < 4 {
 			return tcpSegment{}, false

@@ -9,11 +9,14 @@ import (
 
 // capture builds a pcap file (Ethernet, IPv4, nanosecond timestamps).
 type capture struct {
-	buf bytes.Buffer
+	buf  bytes.Buffer
+	link uint32
 }
 
-func newCapture(nanos bool) *capture {
-	c := &capture{}
+func newCapture(nanos bool) *capture { return newCaptureLink(nanos, linkEthernet) }
+
+func newCaptureLink(nanos bool, link uint32) *capture {
+	c := &capture{link: link}
 	var gh [24]byte
 	magic := uint32(0xa1b2c3d4)
 	if nanos {
@@ -23,7 +26,7 @@ func newCapture(nanos bool) *capture {
 	binary.LittleEndian.PutUint16(gh[4:], 2)
 	binary.LittleEndian.PutUint16(gh[6:], 4)
 	binary.LittleEndian.PutUint32(gh[16:], 262144)
-	binary.LittleEndian.PutUint32(gh[20:], linkEthernet)
+	binary.LittleEndian.PutUint32(gh[20:], link)
 	c.buf.Write(gh[:])
 	return c
 }
@@ -47,9 +50,22 @@ func (c *capture) segment(t time.Time, nanos bool, srcPort, dstPort uint16, seq 
 	copy(ip[12:], []byte{127, 0, 0, 2})
 	copy(ip[16:], []byte{127, 0, 0, 1})
 	copy(ip[20:], tcp)
-	frame := make([]byte, 14+len(ip))
-	binary.BigEndian.PutUint16(frame[12:], 0x0800)
-	copy(frame[14:], ip)
+	var frame []byte
+	switch c.link {
+	case linkEthernet:
+		frame = make([]byte, 14, 14+len(ip))
+		binary.BigEndian.PutUint16(frame[12:], 0x0800)
+	case linkSLL:
+		frame = make([]byte, 16, 16+len(ip))
+		binary.BigEndian.PutUint16(frame[14:], 0x0800)
+	case linkSLL2:
+		frame = make([]byte, 20, 20+len(ip))
+		binary.BigEndian.PutUint16(frame[0:], 0x0800)
+	case linkRaw:
+	case linkNull:
+		frame = binary.LittleEndian.AppendUint32(nil, 2)
+	}
+	frame = append(frame, ip...)
 	var rh [16]byte
 	frac := t.Nanosecond()
 	if !nanos {
@@ -124,6 +140,21 @@ func TestCountFramesPublishesAcrossSegments(t *testing.T) {
 			if !s.Publishes[i].Equal(want[i]) {
 				t.Fatalf("nanos=%v: publish %d at %v, want %v", nanos, i, s.Publishes[i], want[i])
 			}
+		}
+	}
+}
+
+func TestCountLinkTypes(t *testing.T) {
+	for _, link := range []uint32{linkEthernet, linkSLL, linkSLL2, linkRaw, linkNull} {
+		c := newCaptureLink(true, link)
+		c.segment(time.Unix(1, 0), true, 40000, 1883, 7, true, nil)
+		c.segment(time.Unix(1, 5), true, 40000, 1883, 8, false, append(mqttPacket(1, 12), mqttPacket(3, 40)...))
+		streams, err := Count(&c.buf, 1883)
+		if err != nil {
+			t.Fatalf("link %d: %v", link, err)
+		}
+		if len(streams) != 1 || len(streams[0].Publishes) != 1 || !streams[0].Publishes[0].Equal(time.Unix(1, 5)) {
+			t.Fatalf("link %d: streams %+v", link, streams)
 		}
 	}
 }
