@@ -245,8 +245,7 @@ func (r *statusReporter) flush(unlimited bool, wg *sync.WaitGroup) {
 		if wg != nil {
 			wg.Add(1)
 		}
-		var id string
-		id = g.publishEventDone(ClassManagement, "status", "", iotda.ServiceSubDeviceManager, iotda.EventUpdateStatus,
+		id := g.publishEventDone(ClassManagement, "status", "", iotda.ServiceSubDeviceManager, iotda.EventUpdateStatus,
 			iotda.UpdateStatusParas{DeviceStatuses: batch}, func(err error) {
 				if wg != nil {
 					defer wg.Done()
