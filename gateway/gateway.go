@@ -53,6 +53,10 @@ type Deps struct {
 
 // Gateway is one running subgate instance.
 type Gateway struct {
+	// observeWrite, when set before Run, gets the time of every PUBLISH
+	// written to the MQTT socket (tests and benchmarks).
+	observeWrite func(time.Time)
+
 	cfg     Config
 	log     *slog.Logger
 	reg     *prometheus.Registry
@@ -212,6 +216,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.m = newGatewayMetrics(g.reg, g)
 	g.gov = newGovernor(g.cfg.Northbound.MaxMsgsPerSec, g.cfg.Northbound.MaxBytesPerSec, g.cfg.Northbound.QuotaMargin, g.now)
 	g.gov.log = func(msg string, args ...any) { g.log.Warn(msg, append([]any{"component", "governor"}, args...)...) }
+	g.gov.observe = g.observeWrite
 
 	st, err := store.Open(store.Options{
 		Dir:            g.cfg.Store.Dir,

@@ -60,6 +60,10 @@ type governor struct {
 	// a safety net for a publish whose write is never reported.
 	stale time.Duration
 	log   func(msg string, args ...any)
+	// observe, when set (before Run), gets the time of every write: the
+	// tests and benchmarks count the cap on it, free of the jitter of a
+	// simulator sharing the process.
+	observe func(time.Time)
 
 	mu     sync.Mutex
 	wire   []time.Time // the last n write times, oldest at head
@@ -95,12 +99,16 @@ func newGovernor(msgsPerSec float64, bytesPerSec int64, margin float64, now func
 // wrote records a PUBLISH written to the northbound socket. It never
 // blocks for long (the MQTT client's writer calls it).
 func (g *governor) wrote() {
+	now := g.now()
 	g.mu.Lock()
-	g.recordLocked(g.now())
+	g.recordLocked(now)
 	if len(g.unsent) > 0 {
 		g.unsent = g.unsent[1:]
 	}
 	g.mu.Unlock()
+	if g.observe != nil {
+		g.observe(now)
+	}
 	g.poke()
 }
 

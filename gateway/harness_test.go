@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,10 +95,20 @@ type harness struct {
 // waits until it is ready and connected to the simulator.
 func startGateway(t testing.TB, sim *iotdasim.Sim, cfg Config) *harness {
 	t.Helper()
+	return startGatewayWith(t, sim, cfg, nil)
+}
+
+// startGatewayWith is startGateway with a hook that runs between New and
+// Run.
+func startGatewayWith(t testing.TB, sim *iotdasim.Sim, cfg Config, before func(*Gateway)) *harness {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	gw, err := New(cfg, Deps{Logger: testLogger(t), Registry: reg, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(gw)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{t: t, sim: sim, gw: gw, reg: reg, cancel: cancel, done: make(chan error, 1), cfg: cfg}
@@ -116,6 +128,42 @@ func startGateway(t testing.TB, sim *iotdasim.Sim, cfg Config) *harness {
 		})
 	}
 	return h
+}
+
+// wireLog records the times the gateway wrote PUBLISH packets to its MQTT
+// socket (governor.observe).
+type wireLog struct {
+	mu sync.Mutex
+	at []time.Time
+}
+
+func (w *wireLog) attach(g *Gateway) { g.observeWrite = w.add }
+
+func (w *wireLog) add(t time.Time) {
+	w.mu.Lock()
+	w.at = append(w.at, t)
+	w.mu.Unlock()
+}
+
+// stats returns the most publishes written within any one second and the
+// shortest span of limit+1 consecutive writes (0 with fewer writes).
+func (w *wireLog) stats(limit int) (maxIn1s int, tightest time.Duration) {
+	w.mu.Lock()
+	at := slices.Clone(w.at)
+	w.mu.Unlock()
+	lo := 0
+	for i, t := range at {
+		for t.Sub(at[lo]) >= time.Second {
+			lo++
+		}
+		maxIn1s = max(maxIn1s, i-lo+1)
+		if i >= limit {
+			if d := t.Sub(at[i-limit]); tightest == 0 || d < tightest {
+				tightest = d
+			}
+		}
+	}
+	return maxIn1s, tightest
 }
 
 // stop ends Run and returns its error; calling it twice is fine.
