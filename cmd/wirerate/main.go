@@ -22,6 +22,12 @@
 // and the violations (a publish with cap others of its stream less than
 // -window before it, the simulator's rule). A publish counts at the
 // capture time of its last byte.
+//
+// It frames plain MQTT only: the benchmarks' simulator listens without
+// TLS. A capture of a TLS connection (IoTDA's port 8883) cannot be
+// framed; on a real deployment the gateway's own metrics
+// (subgate_northbound_publishes_total, subgate_northbound_quota_wait_seconds)
+// tell how the quota is used.
 package main
 
 import (
