@@ -1009,8 +1009,14 @@ func (o *otaManager) onTick() {
 			o.persist(j)
 		}
 		if j.conn == nil {
-			if !j.rec.NextAttempt.IsZero() && !j.rec.NextAttempt.After(now) {
-				o.dirty = true
+			if !isFinal(j.rec.State) && !j.rec.NextAttempt.After(now) {
+				// Due now: a retry whose backoff ran out, or a device that
+				// is connected although its online change was dropped on
+				// a full queue (conn_queue_full) and so never woke the
+				// scheduler.
+				if _, live := o.g.connByDevice(j.rec.DeviceID); live || !j.rec.NextAttempt.IsZero() {
+					o.dirty = true
+				}
 			}
 			continue
 		}

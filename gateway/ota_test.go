@@ -468,3 +468,58 @@ func TestOTAJobsRunConcurrentlyWithinTheLimit(t *testing.T) {
 		t.Errorf("package requested %d times", st.Requests)
 	}
 }
+
+// TestOTAOnlineChangeLost: a device with a waiting job connects while the
+// OTA manager's connection queue is full, so its online change is dropped
+// (counted as conn_queue_full). The manager's tick still finds the device
+// connected and the upgrade runs.
+func TestOTAOnlineChangeLost(t *testing.T) {
+	sim := startSim(t, "127.0.0.1:0")
+	srv := startOTAServer(t, sim)
+	cfg := otaConfig(t, sim, srv, "binary")
+	cfg.OTA.Queue = 16 // the smallest allowed
+	h := startGateway(t, sim, cfg)
+	data := otaPackage(t, 30_000)
+	c, id := h.otaLogin("binary", "late")
+	c.Close()
+	h.waitSim("OFFLINE", func(v *iotdasim.View) bool { return v.Status(testGW, id) == "OFFLINE" })
+	if _, err := srv.StartOTA(testGW, []string{id}, iotdasim.OTAPackage{Name: "late.bin", Version: "v2", Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "job queued with its package downloaded", func() bool {
+		jobs, _ := adminBackend{h.gw}.OTAJobs(admin.OTAQueued, 0, 10)
+		return len(jobs) == 1 && srv.Stats("late.bin").Requests == 1
+	})
+
+	// Hold the manager inside an admin request whose answer nobody reads
+	// yet, fill its connection queue, and let the device connect.
+	o := h.gw.ota
+	held := otaAdminReq{state: admin.OTAQueued, limit: 1, reply: make(chan otaAdminResp)}
+	o.reqs <- held
+	waitFor(t, "the manager took the request", func() bool { return len(o.reqs) == 0 })
+	for full := false; !full; {
+		select {
+		case o.conns <- otaConnMsg{deviceID: "nobody"}:
+		default:
+			full = true
+		}
+	}
+	dropped := metricValue(t, h, "subgate_ota_dropped_total")
+	c2, _ := h.otaLogin("binary", "late")
+	if got := metricValue(t, h, "subgate_ota_dropped_total"); got != dropped+1 {
+		t.Fatalf("dropped changes %v -> %v: the online change was not dropped", dropped, got)
+	}
+	ch := serveOTA(c2, southboundtest.OTAOptions{})
+	<-held.reply
+
+	r := waitServed(t, ch)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !bytes.Equal(r.im.Data, data) {
+		t.Fatal("image differs")
+	}
+	if p := h.waitFinal(id); p.ResultCode != 0 || p.Version != "v2" {
+		t.Fatalf("final report %+v", p)
+	}
+}
