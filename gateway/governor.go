@@ -247,11 +247,11 @@ func (g *governor) run(ctx context.Context, level func(float64), waited func(Cla
 			last = now
 			need := float64(min(r.bytes, int(g.byteBurst)))
 			g.mu.Lock()
-			room, _ := g.roomLocked(now)
+			room, free := g.roomLocked(now)
 			if room == 0 && ptokens >= 1 && (g.byteRate <= 0 || btokens >= need) {
 				// Granted: it holds room until its write is reported.
 				g.unsent = append(g.unsent, now)
-				_, free := g.roomLocked(now)
+				free--
 				g.mu.Unlock()
 				ptokens--
 				if g.byteRate > 0 {

@@ -151,18 +151,8 @@ func (w *wireLog) stats(limit int) (maxIn1s int, tightest time.Duration) {
 	w.mu.Lock()
 	at := slices.Clone(w.at)
 	w.mu.Unlock()
-	lo := 0
-	for i, t := range at {
-		for t.Sub(at[lo]) >= time.Second {
-			lo++
-		}
-		maxIn1s = max(maxIn1s, i-lo+1)
-		if i >= limit {
-			if d := t.Sub(at[i-limit]); tightest == 0 || d < tightest {
-				tightest = d
-			}
-		}
-	}
+	rate := iotda.MeasureRate(at, limit, time.Second)
+	maxIn1s, tightest = rate.MaxInWindow, max(rate.Tightest, 0)
 	return maxIn1s, tightest
 }
 

@@ -37,6 +37,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/subgate/subgate/northbound/iotda"
 )
 
 func main() {
@@ -133,30 +135,20 @@ func Analyze(streams []*Stream, limit int, window time.Duration, from, to time.T
 			ts = append(ts, t)
 		}
 		sr := StreamReport{Client: s.Client, Publishes: len(ts), Gap: s.gap || !s.synSeen, Malformed: s.malformed}
-		lo := 0
-		for i, t := range ts {
-			for t.Sub(ts[lo]) >= window {
-				lo++
+		rate := iotda.MeasureRate(ts, limit, window)
+		sr.MaxInWindow, sr.Violations = rate.MaxInWindow, rate.Violations
+		if rate.Tightest >= 0 {
+			sr.TightestMs = float64(rate.Tightest) / float64(time.Millisecond)
+			if r.TightestMs == 0 || sr.TightestMs < r.TightestMs {
+				r.TightestMs, r.TightestAt = sr.TightestMs, ts[rate.TightestAt]
 			}
-			sr.MaxInWindow = max(sr.MaxInWindow, i-lo+1)
-			if i >= limit {
-				span := t.Sub(ts[i-limit])
-				if span < window {
-					sr.Violations++
-				}
-				ms := float64(span) / float64(time.Millisecond)
-				if sr.TightestMs == 0 || ms < sr.TightestMs {
-					sr.TightestMs = ms
-					if r.TightestMs == 0 || ms < r.TightestMs {
-						r.TightestMs, r.TightestAt = ms, ts[i-limit]
-					}
-				}
+		}
+		if len(ts) > 0 {
+			if r.First.IsZero() || ts[0].Before(r.First) {
+				r.First = ts[0]
 			}
-			if r.First.IsZero() || t.Before(r.First) {
-				r.First = t
-			}
-			if t.After(r.Last) {
-				r.Last = t
+			if ts[len(ts)-1].After(r.Last) {
+				r.Last = ts[len(ts)-1]
 			}
 		}
 		r.Publishes += sr.Publishes

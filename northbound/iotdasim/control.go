@@ -385,10 +385,12 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 		times[i] = p.At
 	}
 	st.Publishes = len(times)
-	st.MaxPublishesPerSecond = maxPerSecond(times)
-	if limit := s.cfg.MaxMsgsPerSec; limit > 0 && len(times) > limit {
-		d, i := tightestSpan(times, limit+1)
-		st.TightestSpanMS = float64(d) / float64(time.Millisecond)
+	limit := s.cfg.MaxMsgsPerSec
+	rate := iotda.MeasureRate(times, limit, time.Second)
+	st.MaxPublishesPerSecond = rate.MaxInWindow
+	if limit > 0 && rate.Tightest >= 0 {
+		i := rate.TightestAt
+		st.TightestSpanMS = float64(rate.Tightest) / float64(time.Millisecond)
 		st.TightestAt = times[i]
 		st.TightestKinds = map[string]int{}
 		for _, p := range pubs[i : i+limit+1] {
@@ -396,34 +398,6 @@ func (s *Sim) Delivery(gw string, perDevice bool) (DeliveryStats, error) {
 		}
 	}
 	return st, nil
-}
-
-// tightestSpan returns the shortest time in which n of the sorted times
-// fall, and the index of the first of them. With n = cap+1 it shows how
-// close the sender came to a rate violation: below one second is one.
-func tightestSpan(sorted []time.Time, n int) (time.Duration, int) {
-	best, at := time.Duration(-1), 0
-	for i := n - 1; i < len(sorted); i++ {
-		if d := sorted[i].Sub(sorted[i-n+1]); best < 0 || d < best {
-			best, at = d, i-n+1
-		}
-	}
-	return best, at
-}
-
-// maxPerSecond returns the most times within any span shorter than one
-// second: a window holds a new publish while its oldest is less than a
-// second older, as in the Sim's rate check.
-func maxPerSecond(times []time.Time) int {
-	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
-	best, lo := 0, 0
-	for hi, t := range times {
-		for t.Sub(times[lo]) >= time.Second {
-			lo++
-		}
-		best = max(best, hi-lo+1)
-	}
-	return best
 }
 
 // takeLocked returns copies of at most max property reports recorded

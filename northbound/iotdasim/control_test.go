@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -100,7 +101,8 @@ func TestMaxPerSecond(t *testing.T) {
 		{at(500, 0, 999, 1200, 1499), 4},
 		{at(0, 999, 1999, 2998), 2},
 	} {
-		if got := maxPerSecond(tc.in); got != tc.want {
+		sorted := slices.SortedFunc(slices.Values(tc.in), time.Time.Compare)
+		if got := iotda.MeasureRate(sorted, 0, time.Second).MaxInWindow; got != tc.want {
 			t.Errorf("%v: %d, want %d", tc.in, got, tc.want)
 		}
 	}
