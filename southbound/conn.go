@@ -95,7 +95,7 @@ type Conn struct {
 	pingedFor int64
 
 	// The server's identity lock (Conn.ilock) guards the following fields.
-	ident   *identity              // also the frames held before the welcome
+	ident   *identity              // (the lock also guards stripe.early)
 	pending map[*sendDone]struct{} // SendThen callbacks not yet run; nil when none
 
 	// hmu serialises Handler calls for this connection; it guards the
@@ -270,8 +270,8 @@ func (c *Conn) takePending() []func(error) {
 	return out
 }
 
-// For native codecs, frames sent after Login bound the connection and
-// before the server queued the welcome are held and sent right after it,
+// send is Send and SendThen. For native codecs, frames sent after Login
+// bound the connection and before the server queued the welcome are held and sent right after it,
 // in the order they were sent. Their errors then reach only SendThen's
 // callback.
 func (c *Conn) send(f frame.Frame, sd *sendDone) error {
