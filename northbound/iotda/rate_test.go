@@ -5,6 +5,8 @@ import (
 	"time"
 )
 
+// TestMeasureRate also carries the simulator's former maxPerSecond cases
+// (same inputs, sorted, same MaxInWindow).
 func TestMeasureRate(t *testing.T) {
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	at := func(ms ...int) []time.Time {

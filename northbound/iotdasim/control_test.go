@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"testing"
 	"time"
 
@@ -77,33 +76,6 @@ func TestCounterOf(t *testing.T) {
 		got, ok := counterOf(svcs)
 		if got != want || ok != (want > 0) {
 			t.Errorf("%s: %d %v, want %d", in, got, ok, want)
-		}
-	}
-}
-
-func TestMaxPerSecond(t *testing.T) {
-	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	at := func(ms ...int) []time.Time {
-		var out []time.Time
-		for _, m := range ms {
-			out = append(out, t0.Add(time.Duration(m)*time.Millisecond))
-		}
-		return out
-	}
-	for _, tc := range []struct {
-		in   []time.Time
-		want int
-	}{
-		{nil, 0},
-		{at(0), 1},
-		{at(0, 999), 2},
-		{at(0, 1000), 1},
-		{at(500, 0, 999, 1200, 1499), 4},
-		{at(0, 999, 1999, 2998), 2},
-	} {
-		sorted := slices.SortedFunc(slices.Values(tc.in), time.Time.Compare)
-		if got := iotda.MeasureRate(sorted, 0, time.Second).MaxInWindow; got != tc.want {
-			t.Errorf("%v: %d, want %d", tc.in, got, tc.want)
 		}
 	}
 }
